@@ -1,0 +1,355 @@
+"""BytesGPT: a compact GPT over raw bytes (vocabulary of 256), with rotary positions and a rolling KV cache.
+
+The whole model is this file, top to bottom: config, rotary helpers, attention, MLP, block, model.
+
+Positions are rotary (RoPE), so attention depends only on the distance between two bytes. That is
+what lets the KV cache *roll*: after ``block_size`` bytes the oldest key/value slot is overwritten
+and every later byte still sees exactly ``block_size`` bytes of context (itself and the
+``block_size - 1`` before it), which is the context the model was trained with. Compression of
+long files relies on it: the cost per byte is O(block_size), never O(n).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["BytesGPTConfig", "BytesGPT", "KVCache", "encode", "decode"]
+
+
+@dataclass
+class BytesGPTConfig:
+    block_size: int = 128  # bytes of context the model sees (training window, KV-cache length)
+    vocab_size: int = 256  # one token per byte value
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear and LayerNorm layers
+    rope_base: float = 10000.0  # rotary frequency base
+    mlp_ratio: int = 4  # hidden width of the MLP, in multiples of n_embd
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_embd as a multiple of n_head")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"head size n_embd/n_head = {self.n_embd // self.n_head} must be even for rotary embeddings")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {self.block_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- rotary positions
+
+def rotary_cos_sin(positions: torch.Tensor, head_size: int, base: float, dtype: torch.dtype):
+    """cos/sin tables (T, head_size/2) for integer ``positions`` (T,).
+
+    Angles are computed in float64 and then cast: at position 10^6 a float32 angle would be off by
+    ~0.06 rad, which would blur the relative positions of a long file's rolling KV cache.
+    """
+    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64, device=positions.device) / head_size)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, hs/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the last dim. x: (B, nh, T, hs), cos/sin: (T, hs/2)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+class KVCache:
+    """A rolling key/value cache for incremental decoding of B streams in lock-step.
+
+    Each layer owns ``k`` and ``v`` of shape (B, nh, block_size, hs). The byte at absolute position
+    ``p`` is written to slot ``p % block_size``; keys are stored already rotated for their absolute
+    position, so the slot order does not matter (attention is a sum over slots). After
+    ``block_size`` bytes every step overwrites the oldest slot: the context is always the last
+    ``block_size`` bytes, including the current one.
+    """
+
+    def __init__(self, config: BytesGPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        hs = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, hs)
+        self.block_size = config.block_size
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = 0  # absolute position of the next byte to be fed
+
+    @property
+    def batch_size(self) -> int:
+        return self.k[0].shape[0]
+
+
+# ----------------------------------------------------------------------------- the model
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 on all paths)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: BytesGPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.head_size = config.n_embd // config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _qkv(self, x, cos, sin):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # (B, T, C) each
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(self, x, cos, sin, attn_mask=None):
+        """Full-sequence attention. x: (B, T, C). attn_mask None means plain causal."""
+        B, T, C = x.shape
+        q, k, v = self._qkv(x, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=attn_mask is None,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def step(self, x, cos, sin, k_cache, v_cache, slot: int, filled: int):
+        """One new position per stream. x: (B, 1, C); caches (B, nh, block_size, hs)."""
+        B, _, C = x.shape
+        q, k, v = self._qkv(x, cos, sin)  # (B, nh, 1, hs) each
+        k_cache[:, :, slot] = k[:, :, 0]
+        v_cache[:, :, slot] = v[:, :, 0]
+        # the first `filled` slots hold every valid key (slots fill in order before the cache rolls)
+        keys, values = k_cache[:, :, :filled], v_cache[:, :, :filled]  # (B, nh, L, hs)
+        y = F.scaled_dot_product_attention(q, keys, values)  # (B, nh, 1, hs)
+        y = y.transpose(1, 2).reshape(B, 1, C)  # (B, 1, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: BytesGPTConfig):
+        super().__init__()
+        hidden = config.mlp_ratio * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: BytesGPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), cos, sin, attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+    def step(self, x, cos, sin, k_cache, v_cache, slot, filled):
+        x = x + self.attn.step(self.ln_1(x), cos, sin, k_cache, v_cache, slot, filled)
+        return x + self.mlp(self.ln_2(x))
+
+
+class BytesGPT(nn.Module):
+    def __init__(self, config: BytesGPTConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = BytesGPTConfig(**config)
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # scaled init of residual projections (GPT-2)
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Parameter count (tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L T C (attention)."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.block_size * c.n_embd
+
+    @property
+    def head_size(self) -> int:
+        return self.config.n_embd // self.config.n_head
+
+    # ------------------------------------------------------------------ full-sequence paths
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, start_pos: int = 0):
+        """idx (B, T) byte values -> (logits (B, T, 256), loss or None). Loss is mean cross-entropy in nats.
+
+        T may exceed block_size only through ``window_logits``; here every position attends to all earlier
+        ones, as in training.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}; "
+                             "use window_logits() or a KVCache for longer inputs")
+        x = self.transformer.drop(self.transformer.wte(idx))  # (B, T, C)
+        positions = torch.arange(start_pos, start_pos + T, device=idx.device)
+        cos, sin = rotary_cos_sin(positions, self.head_size, self.config.rope_base, x.dtype)
+        for block in self.transformer.h:
+            x = block(x, cos, sin)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def window_logits(self, idx: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Logits for every position of a long sequence idx (B, N) with a sliding window of block_size.
+
+        This is the computation the rolling KV cache does, in parallel: at every layer position t
+        attends to positions t-block_size+1 .. t. A layer's key at position j depends on the layer
+        below at j-block_size+1 .. j, so the receptive field of the top layer reaches back
+        n_layer * (block_size - 1) bytes; each chunk of ``chunk`` queries (default 8 * block_size) is
+        run with that much history under a banded causal mask, which makes the result agree with
+        step() within float tolerance. Memory is O((chunk + n_layer * block_size)^2) per chunk.
+        """
+        B, N = idx.shape
+        W = self.config.block_size
+        chunk = chunk or 8 * W
+        history = self.config.n_layer * (W - 1)
+        out = []
+        for s in range(0, N, chunk):
+            e = min(N, s + chunk)
+            ctx = max(0, s - history)
+            seq = idx[:, ctx:e]  # (B, L) keys: history then the chunk's queries
+            L, Q = e - ctx, e - s
+            k_pos = torch.arange(ctx, e, device=idx.device)[None, :]  # (1, L)
+            x = self.transformer.wte(seq)  # (B, L, C)
+            cos, sin = rotary_cos_sin(torch.arange(ctx, e, device=idx.device), self.head_size, self.config.rope_base, x.dtype)
+            # the whole (B, L) span runs with a banded causal (L, L) mask; the chunk's last Q rows are kept
+            q_pos = k_pos.T  # (L, 1)
+            band = (k_pos <= q_pos) & (k_pos > q_pos - W)  # (L, L) True = may attend
+            for block in self.transformer.h:
+                x = block(x, cos, sin, attn_mask=band)
+            logits = self.lm_head(self.transformer.ln_f(x[:, L - Q:]))  # (B, Q, V)
+            out.append(logits)
+        return torch.cat(out, dim=1) if out else idx.new_zeros((B, 0, self.config.vocab_size), dtype=torch.float32)
+
+    # ------------------------------------------------------------------ incremental path
+
+    def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        p = self.lm_head.weight
+        return KVCache(self.config, batch_size, device=device or p.device, dtype=dtype or p.dtype)
+
+    @torch.no_grad()
+    def step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Feed one byte per stream, idx (B,) at position cache.pos; returns next-byte logits (B, V).
+
+        The identical sequence of step() calls (same B, device, dtype) gives bit-identical logits:
+        the compressor's encoder and decoder both run exactly this.
+        """
+        pos = cache.pos
+        slot = pos % cache.block_size
+        filled = min(pos + 1, cache.block_size)
+        x = self.transformer.wte(idx[:, None])  # (B, 1, C)
+        cos, sin = rotary_cos_sin(torch.tensor([pos], device=idx.device), self.head_size, self.config.rope_base, x.dtype)
+        for block, k_cache, v_cache in zip(self.transformer.h, cache.k, cache.v):
+            x = block.step(x, cos, sin, k_cache, v_cache, slot, filled)
+        cache.pos = pos + 1
+        return self.lm_head(self.transformer.ln_f(x))[:, 0]  # (B, V)
+
+    @torch.no_grad()
+    def prefill(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Feed a prompt idx (B, T) into an empty cache; returns logits for its last position (B, V)."""
+        logits = None
+        for t in range(idx.shape[1]):
+            logits = self.step(idx[:, t], cache)
+        return logits
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample max_new_tokens bytes after the prompt idx (B, T) (T >= 1); returns (B, T + max_new_tokens).
+
+        Uses the rolling KV cache: each new byte costs one step, and the context is always the last
+        block_size bytes. temperature 0 means greedy decoding.
+        """
+        if idx.dim() == 1:
+            idx = idx[None, :]
+        if idx.shape[1] == 0:
+            raise ValueError("generate() needs a prompt of at least one byte")
+        was_training = self.training
+        self.eval()
+        prompt = idx[:, -self.config.block_size:].to(self.lm_head.weight.device)
+        cache = self.new_cache(idx.shape[0])
+        logits = self.prefill(prompt, cache)
+        out = [idx.to(prompt.device)]
+        for _ in range(max_new_tokens):
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1)
+            else:
+                scaled = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(scaled, min(top_k, scaled.size(-1)))
+                    scaled = scaled.masked_fill(scaled < v[:, [-1]], float("-inf"))
+                probs = F.softmax(scaled, dim=-1)
+                nxt = torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+            out.append(nxt[:, None])
+            logits = self.step(nxt, cache)
+        self.train(was_training)
+        return torch.cat(out, dim=1)
+
+
+# ----------------------------------------------------------------------------- byte helpers
+
+def encode(data: bytes | bytearray | str) -> torch.Tensor:
+    """bytes (or str, encoded as UTF-8) -> LongTensor (T,) of byte values."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return torch.tensor(list(bytes(data)), dtype=torch.long)
+
+
+def decode(ids) -> str:
+    """Byte values -> str (UTF-8, invalid sequences replaced; never raises on arbitrary bytes)."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    return bytes(int(i) & 0xFF for i in ids).decode("utf-8", errors="replace")
