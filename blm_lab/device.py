@@ -41,3 +41,16 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     if not amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+# dense bf16 peak TFLOP/s of common accelerators, for model FLOPs utilisation (MFU)
+PEAK_TFLOPS_BF16 = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
+                    "RTX 4090": 165.0, "V100": 125.0, "T4": 65.0}
+
+
+def peak_tflops(gpu_name: str) -> float:
+    """Dense bf16 peak of a GPU by name (0 when unknown)."""
+    for key, value in PEAK_TFLOPS_BF16.items():
+        if key.lower() in gpu_name.lower():
+            return value
+    return 0.0

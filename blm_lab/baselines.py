@@ -1,0 +1,306 @@
+"""Classic compressors behind one signature, and the loop that compares any of them with a neural one.
+
+Every compressor here (and ``blm_lab.compress.NeuralCompressor``) has the same shape: a ``name`` and
+``compress(data: bytes) -> bytes`` / ``decompress(blob: bytes) -> bytes``. So the comparison table is a
+loop over a registry, and every number in it was decoded and checked against the original.
+
+Sizes count everything the decoder needs except what is shared ahead of time: the container headers
+of gzip, xz, zstd and so on, the 8-byte length that PPMd needs to stop, but not a zstd dictionary nor
+a model's parameters. Those are shared like a codebook; ``compare`` reports the model's cost separately
+as ``adjusted_bits_per_byte``, counting 2 bytes per parameter as in DeepMind's "Language Modeling Is
+Compression" (Delétang et al., 2024).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import math
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Protocol, runtime_checkable
+
+import brotli
+import pandas as pd
+import pyppmd
+import zstandard
+
+from .errors import BlmError
+
+BYTES_PER_PARAM = 2  # a parameter shipped with the data costs 2 bytes (bf16), as in Delétang et al.
+
+COLUMNS = [
+    "file", "compressor", "original_bytes", "compressed_bytes", "bits_per_byte", "ratio",
+    "compress_s", "decompress_s", "compress_MBps", "verified",
+]
+# Only present when some compressor reports a model (``last_stats.ideal_bits`` or ``num_params``).
+MODEL_COLUMNS = ["ideal_bits_per_byte", "adjusted_bits_per_byte", "adjusted_ratio"]
+
+
+@runtime_checkable
+class Compressor(Protocol):
+    """What ``compare`` needs: a name for the table and a lossless byte-to-byte round trip."""
+
+    name: str
+
+    def compress(self, data: bytes) -> bytes: ...
+
+    def decompress(self, blob: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A compressor made of two functions, for libraries whose one-shot calls already round-trip."""
+
+    name: str
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes], bytes]
+
+
+def _zstd_compress(data: bytes, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level).compress(data)
+
+
+def _zstd_decompress(blob: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(blob)  # frames carry their content size
+
+
+@dataclass(frozen=True)
+class PpmdCompressor:
+    """PPMd variant H (the model 7-Zip's ``.7z`` PPMd uses), via pyppmd, after an 8-byte length header.
+
+    A raw PPMd stream has no end: the decoder is told how many bytes to produce, so the length is
+    stored little-endian in front and counted in the size. Order and memory must match on both sides,
+    like any model; they are not stored. The defaults are 7-Zip's default level (order 6, 16 MB).
+    """
+
+    max_order: int = 6
+    mem_size: int = 16 << 20
+    name: str = "ppmd"
+
+    HEADER = struct.Struct("<Q")  # original length
+
+    def compress(self, data: bytes) -> bytes:
+        encoder = pyppmd.Ppmd7Encoder(self.max_order, self.mem_size)
+        return self.HEADER.pack(len(data)) + encoder.encode(data) + encoder.flush()
+
+    def decompress(self, blob: bytes) -> bytes:
+        if len(blob) < self.HEADER.size:
+            raise ValueError(f"{self.name}: blob has {len(blob)} bytes, shorter than its {self.HEADER.size}-byte length header")
+        (length,) = self.HEADER.unpack_from(blob)
+        data = pyppmd.Ppmd7Decoder(self.max_order, self.mem_size).decode(blob[self.HEADER.size:], length)
+        if len(data) != length:
+            raise ValueError(f"{self.name}: decoded {len(data)} bytes, header says {length}; the blob is truncated or corrupt")
+        return data
+
+
+def classic_compressors() -> dict[str, Compressor]:
+    """The standard-library and common native compressors at their strongest settings, by name, in table order."""
+    codecs = [
+        Codec("gzip-9", partial(gzip.compress, compresslevel=9, mtime=0), gzip.decompress),  # mtime=0: same bytes every run
+        Codec("bzip2-9", partial(bz2.compress, compresslevel=9), bz2.decompress),
+        Codec("xz-9e", partial(lzma.compress, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
+        Codec("zstd-19", partial(_zstd_compress, level=19), _zstd_decompress),
+        Codec("brotli-11", partial(brotli.compress, quality=11), brotli.decompress),
+        PpmdCompressor(),
+    ]
+    return {c.name: c for c in codecs}
+
+
+CLASSIC_COMPRESSORS: dict[str, Compressor] = classic_compressors()
+
+
+@dataclass
+class ZstdDictCompressor:
+    """zstd primed with a dictionary trained on the training split: the classic answer to "prior knowledge".
+
+    The dictionary is shared ahead of time like a model's parameters, so compressed sizes do not include
+    it; its size is in ``dict_size`` for anyone who wants to charge for it.
+    """
+
+    dictionary: zstandard.ZstdCompressionDict
+    level: int = 19
+    name: str = ""
+    _compressor: zstandard.ZstdCompressor | None = field(default=None, init=False, repr=False)
+    _decompressor: zstandard.ZstdDecompressor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        self.name = self.name or f"zstd-{self.level}+dict"
+
+    @property
+    def dict_size(self) -> int:
+        """Bytes of the shared dictionary (not counted in the compressed sizes)."""
+        return len(self.dictionary.as_bytes())
+
+    @classmethod
+    def from_training(cls, train_bytes: bytes, level: int = 19, dict_size: int = 112_640,
+                      sample_size: int = 4096, threads: int = 1) -> "ZstdDictCompressor":
+        """Train a dictionary on ``train_bytes`` cut into ``sample_size`` chunks (zstd's COVER, tuned automatically).
+
+        ``dict_size`` defaults to the ``zstd --train`` default (110 KiB). ``threads`` bounds the CPU
+        used by the parameter search; training on 1 MB takes a few seconds on one core.
+        """
+        train_bytes = bytes(train_bytes)
+        samples = [train_bytes[i:i + sample_size] for i in range(0, len(train_bytes), sample_size)]
+        try:
+            dictionary = zstandard.train_dictionary(dict_size, samples, threads=threads)
+        except zstandard.ZstdError as exc:
+            raise BlmError(
+                f"zstd could not train a {dict_size}-byte dictionary from {len(train_bytes)} bytes in "
+                f"{len(samples)} samples of {sample_size} bytes ({exc}); give more training bytes "
+                f"(about 100x dict_size) or lower dict_size"
+            ) from exc
+        return cls(dictionary=dictionary, level=level)
+
+    def compress(self, data: bytes) -> bytes:
+        if self._compressor is None:
+            self._compressor = zstandard.ZstdCompressor(level=self.level, dict_data=self.dictionary)
+        return self._compressor.compress(data)
+
+    def decompress(self, blob: bytes) -> bytes:
+        if self._decompressor is None:
+            self._decompressor = zstandard.ZstdDecompressor(dict_data=self.dictionary)
+        return self._decompressor.decompress(blob)
+
+
+def _read_files(files: Mapping[str, bytes] | Iterable[str | os.PathLike] | str | os.PathLike) -> dict[str, bytes]:
+    if isinstance(files, Mapping):
+        return {str(name): bytes(data) for name, data in files.items()}
+    paths = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(p) for p in files]
+    if not paths:
+        raise BlmError("compare() got no files; pass a mapping name -> bytes or a list of paths")
+    # Label by file name, or by full path where two files share a name.
+    names = [p.name for p in paths]
+    labels = [str(p) if names.count(p.name) > 1 else p.name for p in paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise BlmError(f"compare() cannot read {', '.join(missing)}: not a file; check the paths")
+    return {label: p.read_bytes() for label, p in zip(labels, paths)}
+
+
+def _model_stats(compressor) -> tuple[float | None, int | None]:
+    """(ideal_bits, num_params) a neural compressor reports after ``compress``; None where absent."""
+    stats = getattr(compressor, "last_stats", None)
+    ideal_bits = getattr(stats, "ideal_bits", None) if stats is not None else getattr(compressor, "ideal_bits", None)
+    return ideal_bits, getattr(compressor, "num_params", None)
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _per_byte(numerator: float, original_bytes: int) -> float:
+    return numerator / original_bytes if original_bytes else math.nan
+
+
+def compare(files: Mapping[str, bytes] | Iterable[str | os.PathLike] | str | os.PathLike,
+            compressors: Mapping[str, Compressor] | Iterable[Compressor],
+            *, verify: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Compress and decompress every file with every compressor; one row per pair, timed and checked.
+
+    ``files`` is a mapping name -> bytes, or a path or list of paths (labelled by file name). ``compressors`` is
+    a mapping label -> compressor (e.g. ``CLASSIC_COMPRESSORS``) or a list of them (labelled by ``.name``).
+    Every round trip is checked: ``verified`` is False where the decoded bytes differ or decoding fails,
+    and with ``verify=True`` (the default) that raises ``RuntimeError`` naming the file and compressor.
+    Where a compressor reports a model (``last_stats.ideal_bits``, ``num_params``), the
+    ``MODEL_COLUMNS`` are added; they are NaN for the other rows.
+    """
+    from tqdm.auto import tqdm
+
+    file_bytes = _read_files(files)
+    if isinstance(compressors, Mapping):
+        labelled = list(compressors.items())
+    else:
+        labelled = [(c.name, c) for c in compressors]
+    rows = []
+    with tqdm(total=len(file_bytes) * len(labelled), desc="compare", disable=not progress) as bar:
+        for file, data in file_bytes.items():
+            for name, compressor in labelled:
+                bar.set_postfix_str(f"{file} / {name}")
+                rows.append(_measure(file, data, name, compressor, verify))
+                bar.update()
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    df = pd.DataFrame(rows)
+    reports_a_model = df[MODEL_COLUMNS].notna().to_numpy().any()
+    return df[COLUMNS + MODEL_COLUMNS] if reports_a_model else df[COLUMNS]
+
+
+def _measure(file: str, data: bytes, name: str, compressor: Compressor, verify: bool) -> dict:
+    n = len(data)
+    t0 = time.perf_counter()
+    try:
+        blob = compressor.compress(data)
+    except Exception as exc:
+        raise RuntimeError(f"compressor {name!r} failed to compress file {file!r} ({n} bytes): {exc!r}") from exc
+    compress_s = time.perf_counter() - t0
+    ideal_bits, num_params = _model_stats(compressor)  # read before decompress, which may reset them
+
+    t0 = time.perf_counter()
+    try:
+        decoded = compressor.decompress(blob)
+        problem = None if decoded == data else (
+            f"decoded {len(decoded)} bytes that differ from the {n} original bytes "
+            f"(first difference at byte {_first_difference(decoded, data)})")
+    except Exception as exc:
+        decoded, problem = None, f"decompress raised {exc!r}"
+    decompress_s = time.perf_counter() - t0 if decoded is not None else math.nan
+    if problem and verify:
+        raise RuntimeError(f"round trip failed: compressor {name!r} on file {file!r} {problem}; "
+                           f"the compressor is broken: fix it or leave it out of the comparison")
+
+    m = len(blob)
+    side_bytes = BYTES_PER_PARAM * num_params if num_params is not None else math.nan
+    return {
+        "file": file,
+        "compressor": name,
+        "original_bytes": n,
+        "compressed_bytes": m,
+        "bits_per_byte": _per_byte(8 * m, n),
+        "ratio": n / m if m else math.nan,
+        "compress_s": compress_s,
+        "decompress_s": decompress_s,
+        "compress_MBps": n / 1e6 / compress_s if compress_s > 0 else math.nan,
+        "verified": problem is None,
+        "ideal_bits_per_byte": _per_byte(ideal_bits, n) if ideal_bits is not None else math.nan,
+        "adjusted_bits_per_byte": _per_byte(8 * (m + side_bytes), n),
+        "adjusted_ratio": n / (m + side_bytes) if m + side_bytes else math.nan,
+    }
+
+
+def plot_bits_per_byte(df: pd.DataFrame, ax=None):
+    """Bar chart of ``bits_per_byte`` per compressor (one bar per file when there are several), values on the bars."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    order = list(dict.fromkeys(df["compressor"]))
+    several_files = df["file"].nunique() > 1
+    if ax is None:
+        width = max(6.0, 0.8 * len(order) * (df["file"].nunique() if several_files else 1) + 2)
+        _, ax = plt.subplots(figsize=(width, 4.0), layout="constrained")
+    sns.barplot(data=df, x="compressor", y="bits_per_byte", hue="file" if several_files else None,
+                order=order, errorbar=None, ax=ax)
+    for bars in ax.containers:
+        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
+    ax.set_xlabel("")
+    ax.set_ylabel("bits per byte (lower is better)")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    ax.margins(y=0.1)  # room for the labels above the tallest bar
+    return ax.get_figure(root=True)
+
+
+FLOAT_FORMATS = {
+    "bits_per_byte": ".3f", "ideal_bits_per_byte": ".3f", "adjusted_bits_per_byte": ".3f",
+    "ratio": ".3f", "adjusted_ratio": ".3f",
+    "compress_s": ".4f", "decompress_s": ".4f", "compress_MBps": ".2f",
+}
+
+
+def table_markdown(df: pd.DataFrame) -> str:
+    """The comparison as a Markdown table, with a sensible number of digits per column."""
+    return df.to_markdown(index=False, floatfmt=tuple(FLOAT_FORMATS.get(c, "g") for c in df.columns))

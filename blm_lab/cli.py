@@ -1,0 +1,149 @@
+"""The ``blm-lab`` command (also ``python -m blm_lab``).
+
+    blm-lab train [DATASET] [flags]               same as python -m blm_lab.train_bytes
+    blm-lab compress IN OUT --model CKPT [--json]
+    blm-lab decompress IN OUT --model CKPT [--json] [--ignore-compute-mismatch]
+
+Errors print one line, ``error: ...``, naming the problem and the fix, and exit with status 2.
+Outputs are written atomically, never over the input, and over an existing file only with --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import BlmError
+
+EXIT_ERROR = 2
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_paths(src: Path, dst: Path, force: bool) -> None:
+    if not src.is_file():
+        raise BlmError(f"input file not found: {str(src)!r}")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise BlmError(f"output {str(dst)!r} is the input file; choose another output path")
+    if dst.exists() and not force:
+        raise BlmError(f"output {str(dst)!r} already exists; pass --force to overwrite it")
+    if not dst.parent.exists():
+        raise BlmError(f"output directory {str(dst.parent)!r} does not exist; create it first")
+
+
+def _load_model(path: str, device: str):
+    from .checkpoint import load_checkpoint
+    from .device import pick_device
+
+    model, _ = load_checkpoint(path, device=pick_device(device))
+    return model
+
+
+def cmd_compress(args) -> int:
+    from .compress import compress_with_stats
+
+    src, dst = Path(args.input), Path(args.output)
+    _check_paths(src, dst, args.force)
+    model = _load_model(args.model, args.device)
+    data = src.read_bytes()
+    blob, stats = compress_with_stats(data, model, segments=args.segments, segment_bytes=args.segment_bytes,
+                                      progress=not args.quiet)
+    _write_atomic(dst, blob)
+    summary = {k: getattr(stats, k) for k in ("original_bytes", "compressed_bytes", "bits_per_byte", "ideal_bits",
+                                              "overhead_percent", "seconds", "bytes_per_second", "segments")}
+    summary["coder_share_percent"] = 100 * stats.coder_seconds / stats.seconds if stats.seconds else 0.0
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        print(f"{stats.original_bytes:,} -> {stats.compressed_bytes:,} bytes, {stats.bits_per_byte:.4f} bits/byte "
+              f"(ideal {stats.ideal_bits / max(stats.original_bytes, 1):.4f}, overhead {stats.overhead_percent:.3f}%), "
+              f"{stats.bytes_per_second / 1024:.1f} KB/s")
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from .compress import decompress_with_stats
+
+    src, dst = Path(args.input), Path(args.output)
+    _check_paths(src, dst, args.force)
+    model = _load_model(args.model, args.device)
+    blob = src.read_bytes()
+    data, stats = decompress_with_stats(blob, model, progress=not args.quiet,
+                                        allow_compute_mismatch=args.ignore_compute_mismatch)
+    _write_atomic(dst, data)
+    summary = {"original_bytes": stats.original_bytes, "compressed_bytes": stats.compressed_bytes,
+               "bits_per_byte": stats.bits_per_byte, "ideal_bits": None, "overhead_percent": None,
+               "seconds": stats.seconds, "bytes_per_second": stats.bytes_per_second, "segments": stats.segments}
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        print(f"{stats.compressed_bytes:,} -> {stats.original_bytes:,} bytes, checksum verified, "
+              f"{stats.bytes_per_second / 1024:.1f} KB/s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blm-lab", description="Byte-level language modelling and neural compression.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("train", help="train a model (python -m blm_lab.train_bytes)", add_help=False)
+
+    for name, helptext in (("compress", "compress a file with a trained model"),
+                           ("decompress", "decompress a file made by `blm-lab compress`")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("input")
+        p.add_argument("output")
+        p.add_argument("--model", required=True, help="checkpoint (.pt) of the model")
+        p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto; decoding needs the compressing setting")
+        p.add_argument("--json", action="store_true", help="print a one-line JSON summary")
+        p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "compress":
+            group = p.add_mutually_exclusive_group()
+            group.add_argument("--segments", type=int, default=None, help="number of independent streams")
+            group.add_argument("--segment-bytes", type=int, default=None, help="bytes per stream (default adapts to size)")
+        else:
+            p.add_argument("--ignore-compute-mismatch", action="store_true",
+                           help="try to decode a file made under another device/dtype/torch version; the checksum decides")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from .train_bytes import main as train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    handlers = {"compress": cmd_compress, "decompress": cmd_decompress}
+    try:
+        return handlers[args.command](args)
+    except BlmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Lossless compression of real files with a byte model and the project's arithmetic coder.
+
+The input is cut into segments that are coded as independent streams, advanced in lock-step: one
+``model.step`` call predicts the next byte of every segment at once, one ``BatchEncoder.encode``
+call codes them. The decoder runs *the identical computation*: the same step() calls with the same
+batch shape on the same device and dtype, so its probabilities are bit-identical to the encoder's.
+Floating point makes anything else unsafe; a faster full-sequence pass (``estimate_bits``) may
+estimate sizes but never produces the code.
+
+Every segment's first byte is coded with the uniform distribution (there is no context yet); each
+later byte with the model's prediction from the rolling KV cache, which always holds the last
+block_size bytes of the segment, so the cost per byte does not grow with the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import container
+from .coder import PRECISION, BatchDecoder, BatchEncoder, quantize
+from .errors import BlmError
+
+MAX_STREAMS = 256  # default segmentation: at most this many lock-step streams ...
+MIN_SEGMENT_BYTES = 4096  # ... each at least this long (shorter segments lose too much context)
+
+
+class CompressionError(BlmError):
+    """The file cannot be decompressed with this model / setting, or it is damaged."""
+
+
+@dataclass
+class CompressionStats:
+    original_bytes: int
+    compressed_bytes: int
+    bits_per_byte: float
+    ideal_bits: float  # -sum log2 p(x) under the model's float probabilities, before quantisation and coding
+    overhead_percent: float  # compressed bits over ideal_bits, header and flush included
+    seconds: float
+    bytes_per_second: float
+    segments: int
+    segment_bytes: int
+    model_seconds: float  # time in model.step + softmax
+    coder_seconds: float  # time in quantise + arithmetic coding
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- fingerprints and settings
+
+def model_fingerprint(model: torch.nn.Module) -> bytes:
+    """16 bytes identifying a model: sha256 of its config and every weight, in state-dict order."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.digest()[:16]
+
+
+def compute_setting(model: torch.nn.Module) -> dict:
+    p = next(model.parameters())
+    return {"device_type": p.device.type, "dtype": str(p.dtype).removeprefix("torch."), "torch_version": torch.__version__}
+
+
+def default_segment_bytes(n: int, max_streams: int = MAX_STREAMS, min_segment: int = MIN_SEGMENT_BYTES) -> int:
+    """Segments of at least ``min_segment`` bytes, and no more than ``max_streams`` of them."""
+    return max(min_segment, math.ceil(n / max_streams), 1)
+
+
+def _segment_bytes(n: int, segments: int | None, segment_bytes: int | None) -> int:
+    if segments is not None and segment_bytes is not None:
+        raise ValueError("give segments or segment_bytes, not both")
+    if segments is not None:
+        if segments < 1:
+            raise ValueError(f"segments must be at least 1, got {segments}")
+        return max(1, math.ceil(n / segments))
+    if segment_bytes is not None:
+        if segment_bytes < 1:
+            raise ValueError(f"segment_bytes must be at least 1, got {segment_bytes}")
+        return segment_bytes
+    return default_segment_bytes(n)
+
+
+# ----------------------------------------------------------------------------- the lock-step loop
+
+class _Predictor:
+    """Runs the model one byte per stream and turns logits into coder frequencies (both sides use it)."""
+
+    def __init__(self, model, n_streams: int):
+        self.model = model
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.cache = model.new_cache(n_streams, device=self.device, dtype=self.dtype)
+        self.model_seconds = 0.0
+        self.coder_seconds = 0.0
+
+    def next_probs(self, previous: np.ndarray) -> torch.Tensor:
+        """Feed each stream's previous byte; float32 probabilities (B, 256) of its next byte."""
+        t = time.perf_counter()
+        logits = self.model.step(torch.from_numpy(previous).to(self.device), self.cache)
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        self.model_seconds += time.perf_counter() - t
+        return probs
+
+
+def _uniform_freqs(n_streams: int) -> np.ndarray:
+    return quantize(np.full((n_streams, 256), 1.0 / 256, dtype=np.float32))
+
+
+def _lengths_and_offsets(n: int, segment_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    n_segments = math.ceil(n / segment_bytes) if n else 0
+    offsets = np.arange(n_segments, dtype=np.int64) * segment_bytes
+    lengths = np.minimum(segment_bytes, n - offsets)
+    return lengths, offsets
+
+
+def compress_with_stats(data: bytes, model, *, segments: int | None = None, segment_bytes: int | None = None,
+                        progress: bool = False) -> tuple[bytes, CompressionStats]:
+    """Compress ``data`` with ``model``; returns the container bytes and measured statistics."""
+    data = bytes(data)
+    t_start = time.perf_counter()
+    n = len(data)
+    seg = _segment_bytes(n, segments, segment_bytes)
+    lengths, offsets = _lengths_and_offsets(n, seg)
+    B = len(lengths)
+    setting = compute_setting(model)
+    ideal_bits = 0.0
+    model_s = coder_s = 0.0
+    streams: list[bytes] = []
+    if B:
+        model.eval()
+        # symbols[b, t] is byte t of segment b; the tail of the last segment is padded with 0
+        buf = np.frombuffer(data, dtype=np.uint8)
+        padded = np.zeros(B * seg, dtype=np.uint8)
+        padded[:n] = buf
+        symbols = padded.reshape(B, seg).astype(np.int64)
+        encoder = BatchEncoder(B)
+        predictor = _Predictor(model, B)
+        t = time.perf_counter()
+        encoder.encode(_uniform_freqs(B), symbols[:, 0])
+        ideal_bits += 8.0 * B
+        coder_s += time.perf_counter() - t
+        steps = int(lengths.max())
+        bar = tqdm(total=n, desc="compress", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+        bar.update(B)
+        with torch.inference_mode():
+            for t_pos in range(1, steps):
+                probs = predictor.next_probs(symbols[:, t_pos - 1])
+                active = lengths > t_pos
+                t = time.perf_counter()
+                probs_np = probs.numpy()
+                encoder.encode(quantize(probs_np), symbols[:, t_pos], active)
+                coder_s += time.perf_counter() - t
+                p_actual = probs_np[np.arange(B), symbols[:, t_pos]][active].astype(np.float64)
+                ideal_bits -= float(np.log2(np.maximum(p_actual, 1e-45)).sum())
+                bar.update(int(active.sum()))
+        bar.close()
+        model_s = predictor.model_seconds
+        streams = encoder.finish()
+    header = container.Header(
+        precision=PRECISION, original_length=n, checksum=container.checksum(data),
+        model_fingerprint=model_fingerprint(model), device_type=setting["device_type"], dtype=setting["dtype"],
+        torch_version=setting["torch_version"], segment_bytes=seg, stream_lengths=[len(s) for s in streams],
+    )
+    blob = container.pack(header, streams)
+    seconds = time.perf_counter() - t_start
+    stats = CompressionStats(
+        original_bytes=n, compressed_bytes=len(blob), bits_per_byte=8 * len(blob) / n if n else 0.0,
+        ideal_bits=ideal_bits, overhead_percent=(100 * (8 * len(blob) - ideal_bits) / ideal_bits) if ideal_bits else 0.0,
+        seconds=seconds, bytes_per_second=n / seconds if seconds else 0.0, segments=B, segment_bytes=seg,
+        model_seconds=model_s, coder_seconds=coder_s,
+    )
+    return blob, stats
+
+
+def compress(data: bytes, model, *, segments: int | None = None, segment_bytes: int | None = None,
+             progress: bool = False) -> bytes:
+    """Compress bytes with a byte model. Decompress with ``decompress(blob, model)`` and the same model."""
+    return compress_with_stats(data, model, segments=segments, segment_bytes=segment_bytes, progress=progress)[0]
+
+
+def check_compatible(header: container.Header, model, allow_compute_mismatch: bool = False) -> None:
+    """Refuse the wrong model outright, and a different compute setting unless asked to try anyway."""
+    if header.model_fingerprint != model_fingerprint(model):
+        raise CompressionError(
+            f"this file was compressed with a different model (fingerprint {header.model_fingerprint.hex()}, "
+            f"this model {model_fingerprint(model).hex()}); decompress it with the checkpoint that compressed it")
+    setting = compute_setting(model)
+    stored = {"device_type": header.device_type, "dtype": header.dtype, "torch_version": header.torch_version}
+    differ = [f"{k}: file {stored[k]!r}, here {setting[k]!r}" for k in stored if stored[k] != setting[k]]
+    if differ and not allow_compute_mismatch:
+        raise CompressionError(
+            "this file was compressed under a different compute setting (" + "; ".join(differ) + "). Decoding needs "
+            "bit-identical model arithmetic; run on the same setting, or pass --ignore-compute-mismatch "
+            "(allow_compute_mismatch=True) to try anyway: the checksum then decides")
+
+
+def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
+                          allow_compute_mismatch: bool = False) -> tuple[bytes, CompressionStats]:
+    t_start = time.perf_counter()
+    header, streams = container.unpack(bytes(blob))
+    if header.precision != PRECISION:
+        raise CompressionError(f"unsupported coder precision {header.precision} (this coder uses {PRECISION})")
+    check_compatible(header, model, allow_compute_mismatch)
+    n, seg = header.original_length, header.segment_bytes
+    lengths, _ = _lengths_and_offsets(n, seg)
+    if len(lengths) != header.n_segments:
+        raise container.ContainerError("the header is corrupted: segment count does not match the original length")
+    B = len(lengths)
+    model_s = coder_s = 0.0
+    out = b""
+    if B:
+        model.eval()
+        decoder = BatchDecoder(streams)
+        predictor = _Predictor(model, B)
+        symbols = np.zeros((B, seg), dtype=np.int64)
+        t = time.perf_counter()
+        symbols[:, 0] = decoder.decode(_uniform_freqs(B))
+        coder_s += time.perf_counter() - t
+        steps = int(lengths.max())
+        bar = tqdm(total=n, desc="decompress", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+        bar.update(B)
+        with torch.inference_mode():
+            for t_pos in range(1, steps):
+                probs = predictor.next_probs(symbols[:, t_pos - 1])
+                active = lengths > t_pos
+                t = time.perf_counter()
+                symbols[:, t_pos] = decoder.decode(quantize(probs.numpy()), active)
+                coder_s += time.perf_counter() - t
+                bar.update(int(active.sum()))
+        bar.close()
+        model_s = predictor.model_seconds
+        out = symbols.astype(np.uint8).reshape(-1)[:n].tobytes()
+    if container.checksum(out) != header.checksum:
+        raise CompressionError(
+            "checksum mismatch after decoding: the output is not the original. The file is corrupted, or it was "
+            "made under a different compute setting; nothing was written")
+    seconds = time.perf_counter() - t_start
+    stats = CompressionStats(
+        original_bytes=n, compressed_bytes=len(blob), bits_per_byte=8 * len(blob) / n if n else 0.0,
+        ideal_bits=float("nan"), overhead_percent=float("nan"), seconds=seconds,
+        bytes_per_second=n / seconds if seconds else 0.0, segments=B, segment_bytes=seg,
+        model_seconds=model_s, coder_seconds=coder_s,
+    )
+    return out, stats
+
+
+def decompress(blob: bytes, model, *, progress: bool = False, allow_compute_mismatch: bool = False) -> bytes:
+    """Inverse of compress(); raises CompressionError / ContainerError naming the cause, never wrong output."""
+    return decompress_with_stats(blob, model, progress=progress, allow_compute_mismatch=allow_compute_mismatch)[0]
+
+
+@torch.no_grad()
+def estimate_bits(data: bytes, model, segment_bytes: int | None = None) -> float:
+    """Fast estimate of -sum log2 p(x) with full-sequence passes (``window_logits``), segment by segment.
+
+    Matches the coder's ideal bits up to float rounding; never used to produce a code.
+    """
+    n = len(data)
+    if n == 0:
+        return 0.0
+    seg = segment_bytes or default_segment_bytes(n)
+    p = next(model.parameters())
+    total = 0.0
+    for start in range(0, n, seg):
+        chunk = torch.tensor(list(data[start:start + seg]), dtype=torch.long, device=p.device)[None, :]
+        total += 8.0
+        if chunk.shape[1] > 1:
+            logp = torch.log_softmax(model.window_logits(chunk[:, :-1]).float(), dim=-1)[0]  # (L-1, V)
+            total -= logp.gather(1, chunk[0, 1:, None]).sum().item() / math.log(2)
+    return total
+
+
+class NeuralCompressor:
+    """The model as a registry compressor: ``compress(data) -> bytes`` and ``decompress(blob) -> bytes``."""
+
+    def __init__(self, model, name: str = "blm", segments: int | None = None, segment_bytes: int | None = None,
+                 progress: bool = False):
+        self.model = model
+        self.name = name
+        self.segments, self.segment_bytes = segments, segment_bytes
+        self.progress = progress
+        self.last_stats: CompressionStats | None = None
+        self.num_params = model.num_params()
+
+    def compress(self, data: bytes) -> bytes:
+        blob, self.last_stats = compress_with_stats(data, self.model, segments=self.segments,
+                                                    segment_bytes=self.segment_bytes, progress=self.progress)
+        return blob
+
+    def decompress(self, blob: bytes) -> bytes:
+        return decompress(blob, self.model, progress=self.progress)

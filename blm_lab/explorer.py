@@ -1,0 +1,269 @@
+"""An ipywidgets explorer of a model's per-byte surprisal (notebook 03), and its static twin for headless runs.
+
+``make_explorer(model, text=...)`` analyses the text once (``analysis.analyze_bytes``) and shows:
+the text coloured by surprisal with the current byte outlined, a slider over byte positions, the
+bar chart of the model's top-k guesses for the byte at that position, and a line with the byte, its
+surprisal and the entropy of its prediction. Moving a slider only redraws; "Analyze" re-runs the
+model on the (edited) text or on a file.
+
+A notebook cell that ends in the explorer shows it. Without a browser (papermill, CI),
+``save_static_views`` writes the same views as PNG files plus the coloured text as an HTML file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import ipywidgets as widgets
+import numpy as np
+
+from .analysis import (ByteAnalysis, analyze_bytes, byte_label, plot_next_byte, plot_surprisal, plot_surprisal_text,
+                       save_figure, surprisal_html)
+from .errors import BlmError
+
+__all__ = ["EntropyExplorer", "make_explorer", "save_static_views", "html_window", "DEFAULT_TEXT"]
+
+DEFAULT_TEXT = (
+    "def mean(values):\n"
+    "    \"\"\"Return the arithmetic mean of a non-empty list of numbers.\"\"\"\n"
+    "    return sum(values) / len(values)\n"
+    "\n"
+    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.\n"
+)
+HTML_WINDOW = 800  # bytes of coloured text shown around the current position
+
+
+def html_window(n: int, position: int, length: int = HTML_WINDOW) -> int:
+    """First byte of a ``length``-byte window over ``n`` bytes that keeps ``position`` near its middle."""
+    return int(max(0, min(position - length // 2, n - length)))
+
+
+def _most_surprising(analysis: ByteAnalysis) -> int:
+    """The most surprising byte after byte 0 (which is always the uniform 8 bits)."""
+    if len(analysis) == 1:
+        return 0
+    return 1 + int(np.argmax(analysis.surprisal[1:]))
+
+
+def _figure_png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class EntropyExplorer:
+    """Widgets over one ``ByteAnalysis``; build it with ``make_explorer``.
+
+    Widgets (attributes): ``text`` (Textarea), ``file`` (Text: a path, used instead of the text
+    when set), ``analyze_button``, ``status`` (HTML: what was analysed, or the error), ``position``,
+    ``top_k`` (IntSliders), ``vmax`` (FloatSlider, bits at the darkest colour), ``html`` (the
+    coloured text), ``info`` (HTML: the byte at ``position``), ``chart`` (Output: the next-byte bar
+    chart) and ``widget`` (the VBox holding them all).
+
+    State: ``analysis`` (the current ByteAnalysis), ``current_position`` (the position last drawn),
+    ``last_figure`` (the last next-byte figure) and ``draws`` (how many times the chart was drawn).
+    """
+
+    def __init__(self, model, text: str | None = None, file: str | os.PathLike | None = None, max_bytes: int | None = 4096,
+                 device=None, window: int = HTML_WINDOW):
+        self.model = model
+        self.max_bytes = max_bytes
+        self.device = device
+        self.window = int(window)
+        self.analysis: ByteAnalysis | None = None
+        self.source = ""
+        self.current_position: int | None = None
+        self.last_figure = None
+        self.draws = 0
+        self._holding_updates = False
+
+        self.text = widgets.Textarea(value=DEFAULT_TEXT if text is None and file is None else (text or ""),
+                                     placeholder="text to analyse", description="text",
+                                     layout=widgets.Layout(width="100%", height="7em"))
+        self.file = widgets.Text(value="" if file is None else str(file), description="file",
+                                 placeholder="path of a file (used instead of the text when set)",
+                                 layout=widgets.Layout(width="70%"))
+        self.analyze_button = widgets.Button(description="Analyze", button_style="primary", icon="play",
+                                             tooltip="run the model on the text (or the file)")
+        self.status = widgets.HTML()
+        self.position = widgets.IntSlider(value=0, min=0, max=0, description="position", continuous_update=False,
+                                          layout=widgets.Layout(width="50%"))
+        self.top_k = widgets.IntSlider(value=20, min=1, max=64, description="top k", continuous_update=False)
+        self.vmax = widgets.FloatSlider(value=8.0, min=0.5, max=16.0, step=0.5, description="vmax (bits)",
+                                        continuous_update=False, readout_format=".1f")
+        self.info = widgets.HTML()
+        self.html = widgets.HTML(layout=widgets.Layout(width="58%", max_height="32em", overflow="auto"))
+        self.chart = widgets.Output(layout=widgets.Layout(width="42%"))
+        self.widget = widgets.VBox([
+            self.text,
+            widgets.HBox([self.file, self.analyze_button]),
+            self.status,
+            widgets.HBox([self.position, self.top_k, self.vmax]),
+            self.info,
+            widgets.HBox([self.html, self.chart]),
+        ])
+
+        self.analyze_button.on_click(lambda _button: self.analyze())
+        self.position.observe(self._on_position, names="value")
+        self.top_k.observe(self._on_top_k, names="value")
+        self.vmax.observe(self._on_vmax, names="value")
+        self.analyze()
+
+    # ------------------------------------------------------------------ actions
+
+    def _read_source(self) -> tuple[bytes, str, int]:
+        """(bytes to analyse, where they came from, total size before the max_bytes cut)."""
+        path = self.file.value.strip()
+        if path:
+            p = Path(path).expanduser()
+            if not p.is_file():
+                raise BlmError(f"no such file: {path!r}; check the path, or clear the file field to analyse the text")
+            with open(p, "rb") as f:
+                data = f.read() if self.max_bytes is None else f.read(self.max_bytes)
+            return data, str(p), p.stat().st_size
+        data = self.text.value.encode("utf-8")
+        return data, "text", len(data)
+
+    def analyze(self) -> ByteAnalysis | None:
+        """Run the model on the text (or file) and redraw everything; errors are shown in ``status``."""
+        try:
+            data, source, total = self._read_source()
+            analysis = analyze_bytes(self.model, data, max_bytes=self.max_bytes, device=self.device)
+        except (BlmError, ValueError, OSError) as exc:
+            self.status.value = f'<span style="color:#b00">cannot analyse: {html.escape(str(exc))}</span>'
+            return None
+        first = self.analysis is None
+        self.analysis, self.source = analysis, source
+        with self._hold():
+            self.position.max = len(analysis) - 1  # clamps the value when the new input is shorter
+            if first:
+                self.position.value = _most_surprising(analysis)
+        cut = f" (first {len(analysis):,} of {total:,})" if total > len(analysis) else ""
+        self.status.value = (f"<b>{html.escape(source)}</b>: {len(analysis):,} bytes{cut} &middot; "
+                             f"<b>{analysis.mean_bits_per_byte:.3f} bits/byte</b> &middot; "
+                             f"context {analysis.block_size} bytes &middot; byte 0 counts as 8 bits (uniform)")
+        self.refresh()
+        return analysis
+
+    def refresh(self) -> None:
+        """Redraw the coloured text, the info line and the chart for the current slider values."""
+        if self.analysis is None:
+            return
+        self.current_position = int(self.position.value)
+        self._draw_html()
+        self._draw_info()
+        self._draw_chart()
+
+    def _draw_html(self) -> None:
+        position = int(self.position.value)
+        start = html_window(len(self.analysis), position, self.window)
+        self.html.value = surprisal_html(self.analysis, start=start, length=self.window, vmax=float(self.vmax.value),
+                                         highlight=position)
+
+    def _draw_info(self) -> None:
+        a, t = self.analysis, int(self.position.value)
+        value = a.data[t]
+        p = a.probs[t]
+        rank = int((p > p[value]).sum()) + 1
+        self.info.value = (f"byte <b>{t}</b>: <code>{html.escape(byte_label(value))}</code> (0x{value:02x}) &middot; "
+                           f"surprisal <b>{a.surprisal[t]:.2f} bits</b> (p = {p[value]:.3g}, rank {rank}) &middot; "
+                           f"entropy of the prediction <b>{a.entropy[t]:.2f} bits</b>")
+
+    def _draw_chart(self) -> None:
+        fig = plot_next_byte(self.analysis, int(self.position.value), top_k=int(self.top_k.value))
+        self.last_figure = fig
+        self.draws += 1
+        # the PNG goes straight into the Output widget: the same with or without a running kernel
+        self.chart.outputs = ({"output_type": "display_data", "metadata": {},
+                               "data": {"image/png": _figure_png(fig), "text/plain": f"next-byte chart at {self.current_position}"}},)
+
+    # ------------------------------------------------------------------ observers
+
+    @contextmanager
+    def _hold(self):
+        """Suppress observer redraws while several widget values change; the caller redraws once."""
+        self._holding_updates = True
+        try:
+            yield
+        finally:
+            self._holding_updates = False
+
+    def _on_position(self, change) -> None:
+        if not self._holding_updates:
+            self.refresh()
+
+    def _on_top_k(self, change) -> None:
+        if not self._holding_updates and self.analysis is not None:
+            self._draw_chart()
+
+    def _on_vmax(self, change) -> None:
+        if not self._holding_updates and self.analysis is not None:
+            self._draw_html()
+
+    # ------------------------------------------------------------------ display
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def make_explorer(model, text: str | None = None, file: str | os.PathLike | None = None, max_bytes: int | None = 4096,
+                  device=None) -> EntropyExplorer:
+    """An ``EntropyExplorer`` over ``text`` (or the first ``max_bytes`` of ``file``), analysed at once.
+
+    With neither, a short built-in sample of code and prose is used. The model runs on ``device``
+    (default: where it already is).
+    """
+    return EntropyExplorer(model, text=text, file=file, max_bytes=max_bytes, device=device)
+
+
+def save_static_views(explorer_or_analysis, out_dir: str | os.PathLike, position: int | None = None,
+                      top_k: int | None = None, vmax: float | None = None) -> list[Path]:
+    """Write the explorer's views as files for headless runs; returns their paths.
+
+    ``surprisal.png`` (per-byte surprisal), ``next_byte_<position>.png`` (top-k chart),
+    ``surprisal_text.png`` (coloured text, rows of 64 bytes, 1024 bytes around the position) and
+    ``surprisal_text.html`` (the coloured HTML view, a standalone page). ``position``, ``top_k`` and
+    ``vmax`` default to the explorer's current values, or for a bare ByteAnalysis to its most
+    surprising byte, 20 and 8 bits.
+    """
+    if isinstance(explorer_or_analysis, EntropyExplorer):
+        explorer = explorer_or_analysis
+        analysis = explorer.analysis
+        if analysis is None:
+            raise BlmError("the explorer has no analysis yet (see its status line); analyse some text first")
+        position = explorer.current_position if position is None else position
+        top_k = explorer.top_k.value if top_k is None else top_k
+        vmax = explorer.vmax.value if vmax is None else vmax
+    else:
+        analysis = explorer_or_analysis
+        position = _most_surprising(analysis) if position is None else position
+    top_k = 20 if top_k is None else int(top_k)
+    vmax = 8.0 if vmax is None else float(vmax)
+    position = int(position)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    paths = [
+        save_figure(plot_surprisal(analysis), out_dir / "surprisal.png"),
+        save_figure(plot_next_byte(analysis, position, top_k=top_k), out_dir / f"next_byte_{position}.png"),
+    ]
+    start = html_window(len(analysis), position, 1024)
+    paths.append(save_figure(plot_surprisal_text(analysis, start=start, length=1024, width=64, vmax=vmax, highlight=position),
+                             out_dir / "surprisal_text.png"))
+    start = html_window(len(analysis), position, HTML_WINDOW)
+    body = surprisal_html(analysis, start=start, length=HTML_WINDOW, vmax=vmax, highlight=position)
+    html_path = out_dir / "surprisal_text.html"
+    html_path.write_text(f'<!doctype html>\n<html><head><meta charset="utf-8"><title>surprisal</title></head>'
+                         f"<body>{body}</body></html>\n", encoding="utf-8")
+    paths.append(html_path)
+    return paths

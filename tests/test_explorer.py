@@ -1,0 +1,117 @@
+"""blm_lab.explorer: the widgets react to their sliders and buttons, and the static views are written."""
+
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+
+from blm_lab.analysis import analyze_bytes, next_byte_table
+from blm_lab.explorer import EntropyExplorer, make_explorer, save_static_views
+from blm_lab.gpt import BytesGPT, BytesGPTConfig
+
+TEXT = "the cat sat on the mat <&> and the dog sat on the log\n" * 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return BytesGPT(BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def explorer(model):
+    """One explorer shared by the tests below (each sets the slider values it relies on): drawing is the slow part."""
+    return make_explorer(model, text=TEXT)
+
+
+def highlighted(explorer) -> list[str]:
+    return re.findall(r'class="blm-hl" data-pos="(\d+)"', explorer.html.value)
+
+
+def bar_heights(explorer) -> np.ndarray:
+    return np.array([p.get_height() for p in explorer.last_figure.axes[0].patches])
+
+
+def test_initial_state(model):
+    explorer = make_explorer(model, text=TEXT)
+    n = len(TEXT.encode())
+    assert isinstance(explorer, EntropyExplorer)
+    assert explorer.position.max == n - 1 and len(explorer.analysis) == n
+    assert explorer.current_position == explorer.position.value
+    assert highlighted(explorer) == [str(explorer.position.value)]
+    assert explorer.chart.outputs[0]["data"]["image/png"]
+    assert "bits/byte" in explorer.status.value
+    assert explorer.widget.children  # the VBox that a notebook cell displays
+    assert "application/vnd.jupyter.widget-view+json" in explorer._repr_mimebundle_()
+
+
+def test_moving_the_position_redraws(explorer):
+    before_figure, before_info, before_draws = explorer.last_figure, explorer.info.value, explorer.draws
+    new = 7 if explorer.position.value != 7 else 8
+    explorer.position.value = new
+    assert explorer.current_position == new and explorer.draws == before_draws + 1
+    assert explorer.last_figure is not before_figure
+    expected = next_byte_table(explorer.analysis, new, explorer.top_k.value)["probability"].to_numpy()
+    np.testing.assert_allclose(bar_heights(explorer), expected, rtol=1e-6)
+    assert explorer.info.value != before_info and f"byte <b>{new}</b>" in explorer.info.value
+    assert highlighted(explorer) == [str(new)]
+
+
+def test_top_k_changes_the_number_of_bars(explorer):
+    explorer.top_k.value = 5
+    assert len(bar_heights(explorer)) == 5
+    explorer.top_k.value = 30
+    assert len(bar_heights(explorer)) == 30
+
+
+def test_vmax_recolours_the_text(explorer):
+    explorer.vmax.value = 8.0
+    before, draws = explorer.html.value, explorer.draws
+    explorer.vmax.value = 2.0
+    assert explorer.html.value != before and explorer.draws == draws  # recolouring does not redraw the chart
+    assert explorer.html.value.count("<span") == len(TEXT.encode())
+
+
+def test_analyze_new_text_resets_the_slider(model, tmp_path):
+    explorer = make_explorer(model, text=TEXT, max_bytes=100)
+    explorer.position.value = explorer.position.max
+    explorer.text.value = "short text"
+    explorer.analyze_button.click()
+    assert explorer.position.max == len("short text") - 1
+    assert explorer.position.value <= explorer.position.max
+    assert explorer.analysis.data == b"short text" and explorer.current_position == explorer.position.value
+    # a file path takes over from the text; a missing one is reported, not raised
+    path = tmp_path / "sample.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    explorer.file.value = str(path)
+    explorer.analyze_button.click()
+    assert len(explorer.analysis) == 100 and explorer.position.max == 99
+    assert "first 100 of 1,024" in explorer.status.value
+    explorer.file.value = str(tmp_path / "missing.txt")
+    explorer.analyze_button.click()
+    assert "no such file" in explorer.status.value and len(explorer.analysis) == 100
+
+
+def test_long_input_shows_a_window_around_the_position(model):
+    explorer = make_explorer(model, text="abcdefghij" * 150)
+    explorer.position.value = 1000
+    spans = [int(p) for p in re.findall(r'data-pos="(\d+)"', explorer.html.value)]
+    assert len(spans) == 800 and spans[0] <= 1000 <= spans[-1]
+
+
+def test_save_static_views(explorer, model, tmp_path):
+    explorer.position.value = 9
+    paths = save_static_views(explorer, tmp_path / "views")
+    names = sorted(p.name for p in paths)
+    assert names == ["next_byte_9.png", "surprisal.png", "surprisal_text.html", "surprisal_text.png"]
+    for p in paths:
+        assert p.stat().st_size > 0
+    assert "<span" in (tmp_path / "views" / "surprisal_text.html").read_text(encoding="utf-8")
+    bare = analyze_bytes(model, "tiny input")
+    paths = save_static_views(bare, tmp_path / "bare", position=3)
+    assert (tmp_path / "bare" / "next_byte_3.png").is_file() and len(paths) == 4
