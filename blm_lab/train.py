@@ -74,6 +74,12 @@ class TrainResult:
     output_dir: str
     checkpoint: str
     history: list[dict]
+    model: BytesGPT | None = field(default=None, repr=False, compare=False)  # the trained model (final weights)
+
+    def summary(self) -> dict:
+        """The headline numbers, JSON-ready."""
+        return {k: getattr(self, k) for k in ("best_val_bpb", "final_val_bpb", "steps", "tokens", "elapsed_s",
+                                              "tokens_per_s", "output_dir", "checkpoint")}
 
 
 def bits_per_byte(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -272,20 +278,25 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
     t0 = time.perf_counter()
     t_last, tokens_since, train_nats_since, train_count_since = t0, 0, 0.0, 0
     tokens_total = 0
+    eval_seconds = 0.0
     model.train()
     stop = False
     last_val = float("nan")
 
     def run_eval(final: bool = False):
-        nonlocal best_val, t_last, tokens_since, train_nats_since, train_count_since, last_val
+        nonlocal best_val, t_last, tokens_since, train_nats_since, train_count_since, last_val, eval_seconds
+        t_eval = time.perf_counter()
         val_bpb = evaluate_bpb(raw_model, val_data, bs, cfg.batch_size, device, cfg.eval_batches, dist_info, amp_dtype)
         last_val = val_bpb
+        if dist_info.enabled:  # the train loss of every rank, not only rank 0's
+            train_nats_since, train_count_since = _all_reduce([train_nats_since, train_count_since],
+                                                              device if device.type == "cuda" else "cpu")
         now = time.perf_counter()
         record = {
             "step": step, "epoch": round(step / steps_per_epoch, 4),
             "train_bpb": train_nats_since / max(train_count_since, 1) / LN2 if train_count_since else None,
             "val_bpb": val_bpb,
-            "tokens_per_s": tokens_since * dist_info.world_size / max(now - t_last, 1e-9),
+            "tokens_per_s": tokens_since * dist_info.world_size / max(t_eval - t_last, 1e-9),  # training only
             "lr": optimizer.param_groups[0]["lr"],
             "elapsed_s": elapsed_before + (now - t0),
         }
@@ -306,6 +317,7 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
         if dist_info.enabled:
             dist.barrier()
         t_last, tokens_since, train_nats_since, train_count_since = time.perf_counter(), 0, 0.0, 0
+        eval_seconds += t_last - t_eval
 
     if cfg.resume and dist_info.is_main:
         bar.write(f"resumed from step {step} (epoch {epoch}, best val {best_val:.4f} bits/byte)")
@@ -363,7 +375,10 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
     elapsed = elapsed_before + time.perf_counter() - t0
     result = TrainResult(
         best_val_bpb=best_val, final_val_bpb=last_val, steps=step, tokens=tokens_total * dist_info.world_size,
-        elapsed_s=elapsed, tokens_per_s=tokens_total * dist_info.world_size / max(time.perf_counter() - t0, 1e-9),
-        output_dir=str(out_dir), checkpoint=str(out_dir / "best.pt"), history=history,
+        elapsed_s=elapsed,
+        tokens_per_s=tokens_total * dist_info.world_size / max(time.perf_counter() - t0 - eval_seconds, 1e-9),
+        output_dir=str(out_dir), checkpoint=str(out_dir / "best.pt"), history=history, model=raw_model,
     )
+    if dist_info.enabled:
+        dist.destroy_process_group()
     return result

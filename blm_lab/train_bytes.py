@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"validation: {result.final_val_bpb:.4f} bits/byte (best {result.best_val_bpb:.4f}) after {result.steps} steps, "
               f"{result.elapsed_s:.0f} s, {result.tokens_per_s:,.0f} tokens/s; checkpoint: {result.checkpoint}")
         if args.json:
-            summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
-            print(json.dumps(summary))
+            print(json.dumps(result.summary()))
     return 0
 
 

@@ -1,0 +1,18 @@
+"""Launched by tests/test_ddp.py under torchrun: trains, then every rank saves its final weights for comparison."""
+
+import os
+import sys
+
+import torch
+
+from blm_lab.gpt import BytesGPTConfig
+from blm_lab.train import TrainConfig, train
+
+corpus, out_dir, weights_dir, batch_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+cfg = TrainConfig(dataset=corpus, output_dir=out_dir, batch_size=batch_size, max_steps=12, epochs=0, eval_interval=6,
+                  warmup_steps=2, lr=3e-3, seed=7, cpu=True, progress=False)
+model_cfg = BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32)
+result = train(cfg, model_cfg)
+rank = int(os.environ.get("RANK", 0))
+torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, os.path.join(weights_dir, f"rank{rank}.pt"))
+torch.save({"history": result.history, "final_val_bpb": result.final_val_bpb}, os.path.join(weights_dir, f"result{rank}.pt"))
