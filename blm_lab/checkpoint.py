@@ -18,6 +18,12 @@ from .errors import CheckpointError
 from .gpt import BytesGPT, BytesGPTConfig
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """Write ``payload`` to ``path`` atomically: a temp file in the same directory, fsync, then rename.
 
@@ -31,6 +37,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a checkpoint is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -3,6 +3,8 @@
     blm-lab train [DATASET] [flags]               same as python -m blm_lab.train_bytes
     blm-lab compress IN OUT --model CKPT [--json]
     blm-lab decompress IN OUT --model CKPT [--json] [--ignore-compute-mismatch]
+    blm-lab run [--run-dir DIR] [-p NAME VALUE ...] [--config params.yaml]
+    blm-lab sweep --grid NAME=V1,V2 [NAME=V1,V2 ...] [--run-dir DIR] [-p NAME VALUE ...] [--config params.yaml]
 
 Errors print one line, ``error: ...``, naming the problem and the fix, and exit with status 2.
 Outputs are written atomically, never over the input, and over an existing file only with --force.
@@ -17,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .checkpoint import current_umask
 from .errors import BlmError
 
 EXIT_ERROR = 2
@@ -29,6 +32,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -98,6 +102,58 @@ def cmd_decompress(args) -> int:
     return 0
 
 
+def _notebook_params(args) -> dict:
+    """--config first, then every -p NAME VALUE over it (values parsed as YAML: 3, 0.5, true, null, text)."""
+    from .runner import load_config, parse_value
+
+    params = load_config(args.config) if args.config else {}
+    for name, value in args.param or []:
+        params[name] = parse_value(value)
+    return params
+
+
+def _parse_grid(items: list[str]) -> dict[str, list]:
+    from .runner import parse_value
+
+    grid = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name or not values:
+            raise BlmError(f"--grid item {item!r} is not NAME=V1,V2,...; for example n_layer=2,4")
+        grid[name.strip()] = [parse_value(v) for v in values.split(",")]
+    return grid
+
+
+def cmd_run(args) -> int:
+    from .runner import run_pipeline
+
+    summary = run_pipeline(args.run_dir, _notebook_params(args), progress=not args.quiet)
+    if not args.quiet:
+        headline = {k: summary[k] for k in ("corpus_bytes", "val_bits_per_byte", "compressed_bits_per_byte", "timings_s")
+                    if k in summary}
+        print(json.dumps(headline, indent=2))
+        print(f"outputs: {summary['run_dir']} (summary.json, executed notebooks, figures/, tables)")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .runner import sweep
+
+    table = sweep(_parse_grid(args.grid), _notebook_params(args), root=args.run_dir, progress=not args.quiet)
+    if not args.quiet:
+        print(table.drop(columns=["run_dir"]).to_string(index=False))
+        print(f"outputs: {Path(table['run_dir'].iloc[0]).parent} (sweep.csv, sweep.md, sweep.png, one directory per point)")
+    return 0
+
+
+def _add_notebook_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default=None, help="output directory (default: outputs/<kind>-<date>-<time>)")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="notebook parameter, for every notebook that declares it (repeatable; VALUE is YAML)")
+    p.add_argument("--config", default=None, help="YAML file of parameters (-p wins over it)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blm-lab", description="Byte-level language modelling and neural compression.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--ignore-compute-mismatch", action="store_true",
                            help="try to decode a file made under another device/dtype/torch version; the checksum decides")
+
+    run = sub.add_parser("run", help="run the four notebooks in order with papermill into one run directory")
+    _add_notebook_arguments(run)
+    grid = sub.add_parser("sweep", help="train and evaluate one model per grid point (notebooks 02 and 04)")
+    grid.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
+                      help="parameter values to combine, e.g. --grid n_layer=2,4 n_embd=64,128")
+    _add_notebook_arguments(grid)
     return parser
 
 
@@ -131,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"compress": cmd_compress, "decompress": cmd_decompress}
+    handlers = {"compress": cmd_compress, "decompress": cmd_decompress, "run": cmd_run, "sweep": cmd_sweep}
     try:
         return handlers[args.command](args)
     except BlmError as exc:
@@ -141,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("interrupted; no output was written", file=sys.stderr)
+        written = "what the finished notebooks wrote is kept" if args.command in ("run", "sweep") else "no output was written"
+        print(f"interrupted; {written}", file=sys.stderr)
         return 130
 
 

@@ -255,7 +255,9 @@ class ByteWindows(torch.utils.data.Dataset):
         return torch.from_numpy(chunk.astype(np.int64))
 
     def __getitem__(self, i: int):
-        w = self._gather([i])[0]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"window {i} out of range for {len(self)} windows")
+        w = self._gather([i % len(self)])[0]
         return w[:-1], w[1:]
 
     def __getitems__(self, indices):

@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from .errors import BlmError
+
 
 def pick_device(preference: str = "auto") -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cpu' / 'cuda' / 'cuda:N' are taken as given.
@@ -18,7 +20,7 @@ def pick_device(preference: str = "auto") -> torch.device:
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for but no CUDA device is available; use device='cpu' or 'auto'")
+            raise BlmError("device 'cuda' was asked for but no CUDA device is available; use device='cpu' or 'auto'")
         if preference == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(preference)

@@ -63,6 +63,19 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise BlmError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "max_steps", "time_budget", "eval_interval", "eval_batches", "stride", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise BlmError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.epochs == 0 and self.max_steps == 0 and self.time_budget == 0:
+            raise BlmError("nothing bounds the run: give --epochs, --max-steps or --time-budget")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise BlmError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+
+
 @dataclass
 class TrainResult:
     best_val_bpb: float
@@ -232,6 +245,8 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
         if metrics_path.exists():
             history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
             history = [r for r in history if r["step"] <= step]
+            if dist_info.is_main:  # drop records logged after the checkpoint we resume from
+                metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
 
     raw_model = model
     if cfg.compile:
@@ -246,9 +261,12 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
     if steps_per_epoch == 0:
         raise BlmError(f"the training split has {len(windows)} windows, fewer than one batch of {global_batch}; "
                        "lower --batch-size or --block-size, or add data")
-    total_steps = math.ceil(cfg.epochs * steps_per_epoch)
+    total_steps = math.ceil(cfg.epochs * steps_per_epoch) if cfg.epochs else 0
     if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps) if cfg.epochs else cfg.max_steps
+        total_steps = min(total_steps, cfg.max_steps) if total_steps else cfg.max_steps
+    time_bound_only = total_steps == 0  # only --time-budget bounds the run
+    if time_bound_only:
+        total_steps = 2**62
 
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +291,7 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
             "num_params": raw_model.num_params(),
         }
 
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not (cfg.progress and dist_info.is_main),
+    bar = tqdm(total=None if time_bound_only else total_steps, initial=step, desc="train", unit="step", disable=not (cfg.progress and dist_info.is_main),
                dynamic_ncols=True)
     t0 = time.perf_counter()
     t_last, tokens_since, train_nats_since, train_count_since = t0, 0, 0.0, 0
@@ -303,14 +321,14 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
         improved = val_bpb < best_val
         best_val = min(best_val, val_bpb)
         if dist_info.is_main:
-            history.append(record)
-            with open(out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
             ckpt = make_checkpoint(val_bpb)
             if improved:
                 save_checkpoint(out_dir / "best.pt", ckpt)
             if not cfg.save_best:
                 save_checkpoint(out_dir / "last.pt", ckpt)
+            history.append(record)  # logged after the checkpoint it describes is safely on disk
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
             bar.set_postfix(val_bpb=f"{val_bpb:.3f}", best=f"{best_val:.3f}")
             if callback is not None:
                 callback(record)
@@ -359,7 +377,7 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
                 if dist_info.enabled:  # every rank stops at the same step
                     over = _all_reduce([over], device if device.type == "cuda" else "cpu", dist.ReduceOp.MAX)[0]
                 stop = over > 0
-            if step % cfg.eval_interval == 0 and step < total_steps and not stop:
+            if cfg.eval_interval and step % cfg.eval_interval == 0 and step < total_steps and not stop:
                 run_eval()
             if step >= total_steps or stop:
                 break
