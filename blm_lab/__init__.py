@@ -1,5 +1,6 @@
 """blm_lab: byte-level language modelling and neural compression, as a Jupyter research workbench."""
 
+from .compress import NeuralCompressor, compress, compress_with_stats, decompress, decompress_with_stats
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Corpus, ByteWindows, default_corpus, load_corpus, split_bytes
 from .errors import BlmError

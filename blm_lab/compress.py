@@ -203,6 +203,36 @@ def check_compatible(header: container.Header, model, allow_compute_mismatch: bo
             "(allow_compute_mismatch=True) to try anyway: the checksum then decides")
 
 
+def _decode_streams(streams, lengths, seg, n, model, progress):
+    """The decoder's half of the lock-step loop; returns (bytes, model seconds, coder seconds)."""
+    B = len(lengths)
+    if B == 0:
+        return b"", 0.0, 0.0
+    coder_s = 0.0
+    model.eval()
+    decoder = BatchDecoder(streams)
+    predictor = _Predictor(model, B)
+    symbols = np.zeros((B, seg), dtype=np.int64)
+    t = time.perf_counter()
+    symbols[:, 0] = decoder.decode(_uniform_freqs(B))
+    coder_s += time.perf_counter() - t
+    steps = int(lengths.max())
+    bar = tqdm(total=n, desc="decompress", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    bar.update(B)
+    with torch.inference_mode():
+        for t_pos in range(1, steps):
+            probs = predictor.next_probs(symbols[:, t_pos - 1])
+            active = lengths > t_pos
+            t = time.perf_counter()
+            symbols[:, t_pos] = decoder.decode(quantize(probs.numpy()), active)
+            coder_s += time.perf_counter() - t
+            bar.update(int(active.sum()))
+    bar.close()
+    model_s = predictor.model_seconds
+    out = symbols.astype(np.uint8).reshape(-1)[:n].tobytes()
+    return out, model_s, coder_s
+
+
 def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
                           allow_compute_mismatch: bool = False) -> tuple[bytes, CompressionStats]:
     t_start = time.perf_counter()
@@ -215,30 +245,10 @@ def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
     if len(lengths) != header.n_segments:
         raise container.ContainerError("the header is corrupted: segment count does not match the original length")
     B = len(lengths)
-    model_s = coder_s = 0.0
-    out = b""
-    if B:
-        model.eval()
-        decoder = BatchDecoder(streams)
-        predictor = _Predictor(model, B)
-        symbols = np.zeros((B, seg), dtype=np.int64)
-        t = time.perf_counter()
-        symbols[:, 0] = decoder.decode(_uniform_freqs(B))
-        coder_s += time.perf_counter() - t
-        steps = int(lengths.max())
-        bar = tqdm(total=n, desc="decompress", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
-        bar.update(B)
-        with torch.inference_mode():
-            for t_pos in range(1, steps):
-                probs = predictor.next_probs(symbols[:, t_pos - 1])
-                active = lengths > t_pos
-                t = time.perf_counter()
-                symbols[:, t_pos] = decoder.decode(quantize(probs.numpy()), active)
-                coder_s += time.perf_counter() - t
-                bar.update(int(active.sum()))
-        bar.close()
-        model_s = predictor.model_seconds
-        out = symbols.astype(np.uint8).reshape(-1)[:n].tobytes()
+    try:
+        out, model_s, coder_s = _decode_streams(streams, lengths, seg, n, model, progress)
+    except ValueError as exc:  # the coder found an impossible state: only a damaged stream does that
+        raise CompressionError(f"the compressed data is corrupted ({exc}); nothing was written") from None
     if container.checksum(out) != header.checksum:
         raise CompressionError(
             "checksum mismatch after decoding: the output is not the original. The file is corrupted, or it was "

@@ -1,0 +1,278 @@
+"""Model-driven compression: exact round trips, the container's checks, and the CLI."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import blm_lab
+from blm_lab import container
+from blm_lab.checkpoint import save_checkpoint
+from blm_lab.compress import (CompressionError, compress, compress_with_stats, decompress, default_segment_bytes,
+                              estimate_bits, model_fingerprint)
+from blm_lab.container import ContainerError
+from blm_lab.gpt import BytesGPT, BytesGPTConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _tiny_model(seed=0, block_size=8):
+    torch.manual_seed(seed)
+    return BytesGPT(BytesGPTConfig(block_size=block_size, n_layer=1, n_head=2, n_embd=16)).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _tiny_model()
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    """A tiny model trained for a moment on English, so that text compresses below 8 bits per byte."""
+    torch.manual_seed(0)
+    m = BytesGPT(BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
+    text = torch.tensor(list(b"the cat sat on the mat. the dog sat on the log. " * 40))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for _ in range(60):
+        starts = torch.randint(0, len(text) - 17, (16,))
+        w = torch.stack([text[s:s + 17] for s in starts])
+        _, loss = m(w[:, :-1], w[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+SPECIAL_INPUTS = {
+    "empty": b"",
+    "one byte": b"x",
+    "all 256 values": bytes(range(256)),
+    "long run": b"\x00" * 3000,
+    "random": random.Random(1).randbytes(2000),
+    "text": b"It was the best of times, it was the worst of times.\n" * 30,
+    "binary-ish": np.arange(1500, dtype=np.uint32).tobytes(),
+}
+
+
+@pytest.mark.parametrize("name", SPECIAL_INPUTS)
+def test_round_trip_special_inputs(model, name):
+    data = SPECIAL_INPUTS[name]
+    blob = compress(data, model)
+    assert decompress(blob, model) == data
+
+
+@pytest.mark.parametrize("segment_bytes", [1, 7, 64, 100_000])
+def test_round_trip_any_segmentation(model, segment_bytes):
+    data = random.Random(segment_bytes).randbytes(300) + b"abc" * 50
+    blob, stats = compress_with_stats(data, model, segment_bytes=segment_bytes)
+    assert stats.segment_bytes == segment_bytes
+    assert stats.segments == -(-len(data) // segment_bytes)
+    assert decompress(blob, model) == data
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=0, max_size=200), segments=st.integers(min_value=1, max_value=9))
+def test_round_trip_property(model, data, segments):
+    blob = compress(data, model, segments=segments)
+    assert decompress(blob, model) == data
+
+
+def test_long_input_past_block_size_rolls_the_cache(trained_model):
+    data = b"the cat sat on the mat. the dog sat on the log. " * 30  # 1470 bytes, block_size 16
+    blob, stats = compress_with_stats(data, trained_model, segments=1)
+    assert decompress(blob, trained_model) == data
+    assert stats.bits_per_byte < 4.0  # the model learnt the text; the cache keeps its context past block_size
+    # the coder's ideal bits (one step at a time) equal the full-sequence estimate within float rounding
+    assert stats.ideal_bits == pytest.approx(estimate_bits(data, trained_model, segment_bytes=len(data)), rel=1e-4)
+
+
+def test_sizes_are_the_real_file_and_overhead_is_small(trained_model):
+    data = b"the cat sat on the mat. the dog sat on the log. " * 40
+    blob, stats = compress_with_stats(data, trained_model, segments=2)
+    assert stats.compressed_bytes == len(blob)
+    assert stats.bits_per_byte == pytest.approx(8 * len(blob) / len(data))
+    assert stats.original_bytes == len(data)
+    # the container header and the per-stream flush are the only costs over the ideal code length
+    header_bytes = len(blob) - sum(container.unpack(blob)[0].stream_lengths)
+    assert 8 * len(blob) - stats.ideal_bits < 8 * header_bytes + 2 * 64 + 0.01 * stats.ideal_bits
+
+
+def test_default_segmentation_adapts_to_size():
+    assert default_segment_bytes(1000) == 4096
+    assert default_segment_bytes(100_000) == 4096
+    assert default_segment_bytes(10_000_000) == -(-10_000_000 // 256)
+
+
+def test_identical_inputs_give_identical_files(model):
+    data = b"deterministic " * 20
+    assert compress(data, model) == compress(data, model)
+
+
+# ----------------------------------------------------------------------------- container checks
+
+def test_wrong_model_is_refused(model):
+    blob = compress(b"hello world " * 10, model)
+    other = _tiny_model(seed=1)
+    with pytest.raises(CompressionError, match="different model"):
+        decompress(blob, other)
+
+
+def test_fingerprint_sees_one_changed_weight(model):
+    other = _tiny_model(seed=0)
+    assert model_fingerprint(other) == model_fingerprint(model)
+    with torch.no_grad():
+        other.lm_head.weight[3, 3] += 1e-3
+    assert model_fingerprint(other) != model_fingerprint(model)
+
+
+def test_truncated_file(model):
+    blob = compress(b"some text to compress " * 20, model)
+    for cut in (1, 5, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(ContainerError, match="truncated|magic"):
+            decompress(blob[:cut], model)
+
+
+def test_trailing_garbage(model):
+    blob = compress(b"some text " * 20, model)
+    with pytest.raises(ContainerError, match="trailing"):
+        decompress(blob + b"\x00", model)
+
+
+def test_wrong_magic(model):
+    blob = compress(b"some text " * 20, model)
+    with pytest.raises(ContainerError, match="magic"):
+        decompress(b"XXXX" + blob[4:], model)
+
+
+def test_every_flipped_header_bit_is_caught(model):
+    blob = compress(b"header test " * 10, model)
+    header, streams = container.unpack(blob)
+    header_len = len(blob) - sum(header.stream_lengths)
+    for i in range(4, header_len):
+        for bit in (0, 7):
+            bad = bytearray(blob)
+            bad[i] ^= 1 << bit
+            with pytest.raises((ContainerError, CompressionError)):
+                decompress(bytes(bad), model)
+
+
+def test_flipped_payload_bits_never_give_wrong_output(model):
+    data = b"payload corruption test, " * 40
+    blob = compress(data, model, segments=3)
+    header, _ = container.unpack(blob)
+    start = len(blob) - sum(header.stream_lengths)
+    rng = random.Random(0)
+    for _ in range(20):
+        bad = bytearray(blob)
+        i = rng.randrange(start, len(blob))
+        bad[i] ^= 1 << rng.randrange(8)
+        with pytest.raises(CompressionError, match="checksum"):
+            decompress(bytes(bad), model)
+
+
+def test_different_compute_setting_is_refused_unless_forced(model):
+    data = b"compute setting " * 10
+    blob = compress(data, model)
+    header, streams = container.unpack(blob)
+    header.torch_version = "0.0.1-other"
+    foreign = container.pack(header, streams)
+    with pytest.raises(CompressionError, match="torch_version"):
+        decompress(foreign, model)
+    # the same arithmetic really ran, so with the flag the checksum accepts the output
+    assert decompress(foreign, model, allow_compute_mismatch=True) == data
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "blm_lab", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ckpt_pair(tmp_path_factory, model):
+    d = tmp_path_factory.mktemp("ckpts")
+    for name, m in (("a.pt", model), ("b.pt", _tiny_model(seed=5))):
+        save_checkpoint(d / name, {"config": m.config.to_dict(), "model_state": m.state_dict()})
+    return d / "a.pt", d / "b.pt"
+
+
+@pytest.mark.slow
+def test_cli_round_trip_json_and_errors(tmp_path, ckpt_pair):
+    ckpt, other = ckpt_pair
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"command line round trip\n" * 30)
+    packed, restored = tmp_path / "in.blmz", tmp_path / "out.txt"
+
+    r = _cli("compress", src, packed, "--model", ckpt, "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("original_bytes", "compressed_bytes", "bits_per_byte", "ideal_bits", "overhead_percent",
+                "seconds", "bytes_per_second"):
+        assert key in summary
+    assert summary["compressed_bytes"] == packed.stat().st_size
+    assert summary["original_bytes"] == src.stat().st_size
+
+    r = _cli("decompress", packed, restored, "--model", ckpt, "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert restored.read_bytes() == src.read_bytes()
+
+    # an existing output is not overwritten without --force
+    before = restored.read_bytes()
+    r = _cli("decompress", packed, restored, "--model", ckpt, "--quiet")
+    assert r.returncode == 2 and "--force" in r.stderr and "Traceback" not in r.stderr
+    assert restored.read_bytes() == before
+    assert _cli("decompress", packed, restored, "--model", ckpt, "--quiet", "--force").returncode == 0
+
+    # the input is never the output, even with --force
+    r = _cli("compress", src, src, "--model", ckpt, "--force", "--quiet")
+    assert r.returncode == 2 and "is the input" in r.stderr
+    assert src.read_bytes() == before
+
+    # wrong model: clear error, no output file
+    r = _cli("decompress", packed, tmp_path / "wrong.txt", "--model", other, "--quiet")
+    assert r.returncode == 2 and "different model" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "wrong.txt").exists()
+
+    # truncated file
+    cut = tmp_path / "cut.blmz"
+    cut.write_bytes(packed.read_bytes()[:-3])
+    r = _cli("decompress", cut, tmp_path / "cut.txt", "--model", ckpt, "--quiet")
+    assert r.returncode == 2 and "truncated" in r.stderr and not (tmp_path / "cut.txt").exists()
+
+    # not a compressed file at all
+    r = _cli("decompress", src, tmp_path / "x.txt", "--model", ckpt, "--quiet")
+    assert r.returncode == 2 and "magic" in r.stderr
+
+    # missing checkpoint and missing input
+    r = _cli("compress", src, tmp_path / "y.blmz", "--model", tmp_path / "nope.pt", "--quiet")
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
+    r = _cli("compress", tmp_path / "nope.txt", tmp_path / "y.blmz", "--model", ckpt, "--quiet")
+    assert r.returncode == 2 and "input file not found" in r.stderr
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written temp files left
+
+
+def test_package_level_api(model):
+    data = b"package api"
+    assert blm_lab.decompress(blm_lab.compress(data, model), model) == data
+
+
+CANTERBURY = SHARED / "corpora" / "canterbury"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CANTERBURY.is_dir(), reason="../shared/corpora/canterbury is not present")
+@pytest.mark.parametrize("name", ["grammar.lsp", "xargs.1", "sum", "kennedy.xls"])
+def test_canterbury_files_round_trip(model, name):
+    data = (CANTERBURY / name).read_bytes()[:6000]  # real text and binaries; a prefix keeps the test fast
+    blob = compress(data, model, segments=4)
+    assert decompress(blob, model) == data
