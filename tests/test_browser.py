@@ -1,0 +1,170 @@
+"""The entropy notebook in a real browser: JupyterLab on loopback, driven by headless Chromium (Playwright).
+
+Runs every cell of a copy of 03_entropy_visualization.ipynb (pointed at a tiny untrained checkpoint),
+checks that the explorer's slider and next-byte chart render, moves the slider with the mouse and the
+keyboard, and checks that the chart was redrawn. A screenshot goes to the test's tmp_path and to
+outputs/test-artifacts/. Debian's chromium is used (Playwright's own browser download does not work here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from blm_lab import runner
+from blm_lab.checkpoint import save_checkpoint
+from blm_lab.gpt import BytesGPT, BytesGPTConfig
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO_ROOT / "outputs" / "test-artifacts"
+NOTEBOOK = "03_entropy_visualization.ipynb"
+TEXT = "def mean(values):\n    return sum(values) / len(values)\n\nThe quick brown fox jumps over the lazy dog.\n"
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+TIMEOUT_MS = 90_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api(base: str, token: str, path: str, method: str = "GET"):
+    request = urllib.request.Request(f"{base}{path}?token={token}", method=method)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """JupyterLab serving tmp_path/root (a parameterized copy of the entropy notebook); yields (url, token, root)."""
+    pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    import papermill as pm
+
+    root, home, run_dir = tmp_path / "root", tmp_path / "home", tmp_path / "run"
+    root.mkdir()
+    torch.manual_seed(0)
+    config = BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", {"config": config.to_dict(),
+                                                        "model_state": BytesGPT(config).state_dict()})
+    # papermill's prepare_only writes the copy with an injected-parameters cell and no outputs
+    pm.execute_notebook(str(runner.NOTEBOOK_DIR / NOTEBOOK), str(root / NOTEBOOK), prepare_only=True,
+                        kernel_name=runner.ensure_kernel(), progress_bar=False,
+                        parameters={"checkpoint": str(checkpoint), "text": TEXT, "run_dir": str(run_dir),
+                                    "device": "cpu"})
+    user_settings = home / ".jupyter/lab/user-settings/@jupyterlab"
+    for path, values in {  # no news popup over the page; every cell in the DOM (no virtual scrolling)
+        "apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+        "notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    }.items():
+        (user_settings / path).parent.mkdir(parents=True, exist_ok=True)
+        (user_settings / path).write_text(json.dumps(values))
+
+    port, token = free_port(), secrets.token_hex(16)
+    log = open(tmp_path / "jupyter.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+         "--FileContentsManager.delete_to_trash=False"],
+        env={**os.environ, "HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                api(base, token, "/api/status")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not start:\n{(tmp_path / 'jupyter.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield base, token, root, home
+    finally:
+        try:  # kernels outlive the browser: stop them through the API first
+            for session in api(base, token, "/api/sessions") or []:
+                api(base, token, f"/api/sessions/{session['id']}", method="DELETE")
+        except (urllib.error.URLError, OSError):
+            pass
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_entropy_explorer_in_jupyterlab(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base, token, root, home = lab
+    url = f"{base}/lab/workspaces/t{secrets.token_hex(4)}/tree/{NOTEBOOK}?reset&token={token}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+                                    env={**os.environ, "HOME": str(home)})
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(url)
+            panel = page.locator(PANEL)
+            panel.locator(".jp-Cell").first.wait_for()
+            page.get_by_text("| Idle").first.wait_for()  # the kernel is up
+
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator("li[data-command='runmenu:run-all']").click()
+
+            slider = panel.locator(".widget-slider").first
+            slider.wait_for()
+            chart = panel.locator(".widget-output img").first
+            chart.wait_for()
+            page.get_by_text("| Idle").first.wait_for()
+            text = panel.inner_text()
+            assert "Traceback" not in text, "a cell raised an error"
+            assert "bits/byte" in text  # the analysis cell printed its summary
+            before = chart.get_attribute("src")
+            assert before and before.startswith("data:image/png")
+            readout = panel.locator(".widget-readout").first
+            position_before = readout.inner_text()
+
+            panel.locator(".noUi-handle").first.click()
+            for key in ("ArrowLeft", "ArrowLeft", "ArrowLeft"):
+                page.keyboard.press(key)
+            page.wait_for_function(
+                "([sel, old]) => { const img = document.querySelector(sel); return img && img.src !== old; }",
+                arg=[f"{PANEL} .widget-output img", before])
+            page.get_by_text("| Idle").first.wait_for()  # every key press has been redrawn
+            assert panel.locator(".widget-output img").first.get_attribute("src") != before
+            assert readout.inner_text() != position_before
+
+            shot = tmp_path / "entropy_explorer.png"
+            panel.locator(".widget-vbox").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(shot), full_page=False)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(shot, ARTIFACTS / shot.name)
+            assert shot.stat().st_size > 10_000
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"))
+            (tmp_path / "failure.html").write_text(page.content())
+            raise
+        finally:
+            browser.close()

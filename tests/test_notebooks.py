@@ -1,0 +1,198 @@
+"""The workbench notebooks: committed clean, and the whole pipeline (and a sweep) executed with papermill.
+
+The pipeline runs once per module (tiny model, small corpus, CPU) through ``blm_lab.runner``; the
+tests below check what each notebook left in the run directory.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from blm_lab import notebook_helpers as nh
+from blm_lab import runner
+from blm_lab.baselines import classic_compressors
+from blm_lab.checkpoint import load_checkpoint
+from blm_lab.data import load_corpus
+from conftest import write_text_corpus
+
+NOTEBOOK_PATHS = [runner.NOTEBOOK_DIR / name for name in runner.NOTEBOOKS]
+
+# A model and corpus small enough that the four notebooks take ~30 s together on one core.
+TINY_PARAMS = {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 8, "max_steps": 20,
+               "eval_interval": 10, "lr": 5e-3, "max_bytes": 512}
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+# ----------------------------------------------------------------------------- the committed notebooks
+
+@pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    nb = read(path)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} cell {i} has outputs; clear them before committing"
+            assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.name)
+def test_parameters_cell_first_and_kernel(path):
+    nb = read(path)
+    assert nb.metadata.kernelspec.name == runner.KERNEL_NAME
+    first = nb.cells[0]
+    assert first.cell_type == "code" and "parameters" in first.metadata.get("tags", [])
+    assert not any("parameters" in c.metadata.get("tags", []) for c in nb.cells[1:])
+    # papermill must see every assignment of the cell (it skips lines it cannot parse, e.g. '=' in a comment)
+    assigned = [node.targets[0].id for node in ast.parse(first.source).body if isinstance(node, ast.Assign)]
+    import papermill as pm
+
+    assert list(pm.inspect_notebook(str(path))) == assigned
+    assert "run_dir" in assigned
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.name)
+def test_logic_lives_in_the_package(path):
+    """No function or class longer than a few lines is defined in a notebook; markdown explains the code."""
+    nb = read(path)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 4, f"{path.name}: {node.name} belongs in blm_lab"
+    kinds = [c.cell_type for c in nb.cells]
+    assert kinds.count("markdown") >= 3
+
+
+# ----------------------------------------------------------------------------- the pipeline, executed once
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    return write_text_corpus(tmp_path_factory.mktemp("nb_corpus") / "corpus")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, corpus_dir) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("nb_run") / "run"
+    summary = runner.run_pipeline(run_dir, {**TINY_PARAMS, "data_dir": str(corpus_dir)}, progress=False)
+    return run_dir, summary
+
+
+def test_every_notebook_executed(pipeline):
+    run_dir, summary = pipeline
+    for name in runner.NOTEBOOKS:
+        nb = read(run_dir / name)
+        tags = [c.metadata.get("tags", []) for c in nb.cells]
+        assert ["injected-parameters"] in tags, f"{name}: papermill did not inject the parameters"
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.execution_count for c in code), f"{name}: not every cell ran"
+        assert not any(o.output_type == "error" for c in code for o in c.outputs)
+    assert set(summary["timings_s"]) >= {Path(n).stem for n in runner.NOTEBOOKS} | {"total", "training"}
+    assert json.loads((run_dir / runner.SUMMARY_FILE).read_text()) == json.loads(json.dumps(summary))
+
+
+def test_data_prep_writes_manifest_and_split(pipeline, corpus_dir):
+    run_dir, summary = pipeline
+    manifest = json.loads((run_dir / nh.MANIFEST_FILE).read_text())
+    expected = load_corpus(str(corpus_dir)).manifest()
+    assert manifest == json.loads(json.dumps(expected))
+    info = json.loads((run_dir / nh.CORPUS_FILE).read_text())
+    assert (info["data_dir"], info["val_fraction"], info["block_size"]) == (str(corpus_dir), 0.1, 32)
+    assert info["train_bytes"] + info["val_bytes"] == info["total_bytes"] == summary["corpus_bytes"]
+    # the notebook shows the manifest, the entropy table and the classic compressors as tables
+    html = "".join(o.get("data", {}).get("text/html", "") for c in read(run_dir / "01_data_prep.ipynb").cells
+                   if c.cell_type == "code" for o in c.outputs)
+    assert "sha256" in html and "bits_per_byte" in html and "ppmd" in html
+
+
+def test_training_writes_a_checkpoint_that_loads(pipeline):
+    run_dir, summary = pipeline
+    model, ckpt = load_checkpoint(run_dir / nh.CHECKPOINT)
+    assert (model.config.n_layer, model.config.n_embd, model.config.block_size) == (1, 32, 32)
+    train = json.loads((run_dir / nh.TRAIN_FILE).read_text())
+    assert train["steps"] == 20 and train["num_params"] == model.num_params()
+    assert train["device_info"]["device"] == "cpu"
+    assert 0 < summary["val_bits_per_byte"] < 8.5 and summary["training"]["steps"] == 20
+    records = [json.loads(line) for line in (run_dir / "checkpoint" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20]
+
+
+def test_every_figure_is_saved(pipeline):
+    run_dir, _ = pipeline
+    figures = run_dir / nh.FIGURES
+    expected = ["byte_histogram", "classic_bits_per_byte", "loss_curve", "surprisal_vs_entropy", "surprisal_rolling",
+                "next_byte", "bits_per_byte", "explorer/surprisal", "explorer/surprisal_text"]
+    for name in expected:
+        path = figures / f"{name}.png"
+        assert path.is_file(), f"missing figure {path}"
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+    # each notebook shows as many images as it saves (the explorer's static views are extra files)
+    shown = {name: sum("image/png" in o.get("data", {}) for c in read(run_dir / name).cells if c.cell_type == "code"
+                       for o in c.outputs) for name in runner.NOTEBOOKS}
+    assert shown == {"01_data_prep.ipynb": 2, "02_train_gpu.ipynb": 1, "03_entropy_visualization.ipynb": 3,
+                     "04_compression_ratios.ipynb": 1}
+
+
+def test_entropy_notebook_keeps_the_explorer(pipeline):
+    run_dir, _ = pipeline
+    nb = read(run_dir / "03_entropy_visualization.ipynb")
+    views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views, "the explorer widget was not displayed"
+    assert nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    assert (run_dir / "figures" / "explorer" / "surprisal_text.html").is_file()
+    # the default input is the start of the validation split, cut at max_bytes
+    assert len((run_dir / "validation_sample.bin").read_bytes()) == TINY_PARAMS["max_bytes"]
+
+
+def test_compression_table_has_every_compressor_verified(pipeline):
+    run_dir, summary = pipeline
+    table = pd.read_csv(run_dir / "compression.csv")
+    names = set(classic_compressors()) | {"zstd-19+dict", "blm"}
+    assert set(table["compressor"]) == names
+    assert table["verified"].all() and summary["all_round_trips_verified"]
+    assert (table["original_bytes"] == TINY_PARAMS["max_bytes"]).all()
+    blm = table[table["compressor"] == "blm"].iloc[0]
+    assert math.isfinite(blm["ideal_bits_per_byte"]) and blm["bits_per_byte"] >= blm["ideal_bits_per_byte"]
+    assert blm["adjusted_bits_per_byte"] > blm["bits_per_byte"]
+    markdown = (run_dir / "compression.md").read_text()
+    assert all(name in markdown for name in names)
+    assert set(summary["compressed_bits_per_byte"]) == names
+    assert summary["compressed_bits_per_byte"]["blm"] == pytest.approx(blm["bits_per_byte"])
+
+
+# ----------------------------------------------------------------------------- a sweep over two tiny models
+
+@pytest.mark.slow  # about 30 s: two kernels per point
+def test_sweep_two_points(pipeline, tmp_path):
+    run_dir, _ = pipeline
+    # the corpus description from the pipeline run stands in for 01 (the sweep runs 01 only when it is missing)
+    (tmp_path / "sweep" / "data").mkdir(parents=True)
+    for name in (nh.CORPUS_FILE, nh.MANIFEST_FILE):
+        shutil.copy2(run_dir / name, tmp_path / "sweep" / "data" / name)
+    params = {k: v for k, v in TINY_PARAMS.items() if k != "n_embd"}
+    table = runner.sweep({"n_embd": [16, 32]}, {**params, "max_steps": 10, "data_dir": json.loads(
+        (run_dir / nh.CORPUS_FILE).read_text())["data_dir"]}, root=tmp_path / "sweep", progress=False)
+    assert list(table["n_embd"]) == [16, 32]
+    assert table["num_params"].is_monotonic_increasing
+    assert (table["steps"] == 10).all() and table["blm_bits_per_byte"].notna().all()
+    root = tmp_path / "sweep"
+    assert pd.read_csv(root / "sweep.csv").shape[0] == 2
+    assert "n_embd" in (root / "sweep.md").read_text()
+    assert (root / "sweep.png").read_bytes()[:8] == PNG_SIGNATURE
+    for point in ("n_embd=16", "n_embd=32"):
+        assert (root / point / "02_train_gpu.ipynb").is_file() and (root / point / "compression.csv").is_file()
+        assert not (root / point / "03_entropy_visualization.ipynb").exists()
