@@ -174,15 +174,84 @@ def config_frame(train_cfg, model_cfg) -> pd.DataFrame:
     return pd.DataFrame({"value": [str(v) for v in values.values()]}, index=list(values))
 
 
-def run_training(train_cfg, model_cfg, corpus: Corpus, callback: Callable[[dict], None] | None = None):
-    """Train in this process (one device); returns the TrainResult.
+def training_processes(nproc: int, device: str) -> int:
+    """How many DDP processes a run gets: ``nproc`` (0 = every visible GPU) on CUDA with several GPUs, else 1."""
+    import torch
 
-    The one place the training notebook starts training: a multi-GPU launch (torchrun with ``nproc``
-    processes) belongs here, behind the same signature.
+    if device.startswith("cpu") or not torch.cuda.is_available():
+        return 1
+    count = torch.cuda.device_count()
+    return max(1, min(count, nproc or count))
+
+
+def torchrun_command(train_cfg, model_cfg, nproc: int) -> list[str]:
+    """``torchrun --nproc_per_node N -m blm_lab.train_bytes ...`` reproducing the two configs flag for flag."""
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "blm_lab.train_bytes"]
+    if train_cfg.dataset:
+        cmd.append(train_cfg.dataset)
+    for cfg, skip in ((model_cfg, ()), (train_cfg, ("dataset", "device", "progress"))):
+        for f in dataclasses.fields(cfg):
+            if f.name in skip:
+                continue
+            value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                cmd.append(flag if value else "--no-" + flag[2:])
+            else:
+                cmd += [flag, str(value)]
+    cmd += ["--device", "cuda", "--no-progress"]
+    return cmd
+
+
+def run_training(train_cfg, model_cfg, corpus: Corpus, callback: Callable[[dict], None] | None = None,
+                 nproc: int = 1):
+    """Train and return the TrainResult: in this process, or with DDP over several GPUs.
+
+    With more than one GPU and ``nproc`` != 1, training runs as ``torchrun --nproc_per_node N -m
+    blm_lab.train_bytes`` in a subprocess; its metrics.jsonl is followed so ``callback`` still sees every
+    evaluation as it happens, and the result is read back from the checkpoint. Otherwise (CPU, one GPU)
+    it trains here.
     """
-    from .train import train
+    import subprocess
+    import time
 
-    return train(train_cfg, model_cfg, corpus=corpus, callback=callback)
+    from .checkpoint import load_checkpoint
+    from .train import TrainResult, train
+
+    n = training_processes(nproc, train_cfg.device)
+    if n == 1:
+        return train(train_cfg, model_cfg, corpus=corpus, callback=callback)
+    train_cfg = dataclasses.replace(train_cfg, dataset="" if corpus.source == "default" else corpus.source)
+    out = Path(train_cfg.output_dir)
+    metrics = out / "metrics.jsonl"
+    if metrics.exists() and not train_cfg.resume:
+        metrics.unlink()
+    start = time.perf_counter()
+    proc = subprocess.Popen(torchrun_command(train_cfg, model_cfg, n))
+    seen: list[dict] = []
+
+    def follow():
+        if metrics.exists():
+            lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+            for line in lines[len(seen):]:
+                seen.append(json.loads(line))
+                if callback is not None:
+                    callback(seen[-1])
+
+    while proc.poll() is None:
+        follow()
+        time.sleep(2.0)
+    follow()
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun with {n} processes failed (exit {proc.returncode}); see the log above")
+    model, ckpt = load_checkpoint(out / "best.pt")
+    tokens = int(seen[-1]["step"] * train_cfg.batch_size * train_cfg.grad_accum * model_cfg.block_size)
+    elapsed = time.perf_counter() - start
+    return TrainResult(best_val_bpb=min(r["val_bpb"] for r in seen), final_val_bpb=seen[-1]["val_bpb"],
+                       steps=seen[-1]["step"], tokens=tokens, elapsed_s=elapsed, tokens_per_s=tokens / elapsed,
+                       output_dir=str(out), checkpoint=str(out / "best.pt"), history=seen, model=model)
 
 
 class LiveLossPlot:

@@ -138,6 +138,7 @@ max_steps = 0  # stop after this many optimizer steps (0: no limit)
 time_budget = None  # seconds of training; None: 240 on CPU (keeps `make run` within 10 minutes), 300 on CUDA
 lr = None  # peak learning rate; recipe cpu 2e-3, gpu 1e-3
 eval_interval = None  # steps between validations; None: 100 on CPU, 250 on CUDA
+nproc = 0  # training processes (torchrun DDP, one per GPU); 0: every visible GPU; falls back to 1 without several GPUs
 run_dir = "../outputs/lab"  # the run directory 01_data_prep.ipynb wrote
 '''),
     md('''
@@ -187,7 +188,7 @@ The gap between them is over-fitting; both falling is learning.
     code('''
 curve = nh.LiveLossPlot(f"{model_cfg.n_layer} layers x {model_cfg.n_embd} wide on {device_info['device']}")
 curve.display()
-result = nh.run_training(train_cfg, model_cfg, corpus, callback=curve)
+result = nh.run_training(train_cfg, model_cfg, corpus, callback=curve, nproc=nproc)
 curve.save(nh.figure_path(run_dir, "loss_curve"));
 '''),
     md('''

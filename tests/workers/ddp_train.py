@@ -9,8 +9,10 @@ from blm_lab.gpt import BytesGPTConfig
 from blm_lab.train import TrainConfig, train
 
 corpus, out_dir, weights_dir, batch_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-cfg = TrainConfig(dataset=corpus, output_dir=out_dir, batch_size=batch_size, max_steps=12, epochs=0, eval_interval=6,
-                  warmup_steps=2, lr=3e-3, seed=7, cpu=True, progress=False)
+max_steps = int(sys.argv[5]) if len(sys.argv) > 5 else 12
+resume = len(sys.argv) > 6 and sys.argv[6] == "resume"
+cfg = TrainConfig(dataset=corpus, output_dir=out_dir, batch_size=batch_size, max_steps=max_steps, epochs=0,
+                  eval_interval=6, warmup_steps=2, lr=3e-3, min_lr=3e-3, seed=7, cpu=True, progress=False, resume=resume)
 model_cfg = BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32)
 result = train(cfg, model_cfg)
 rank = int(os.environ.get("RANK", 0))
