@@ -192,7 +192,7 @@ def torchrun_command(train_cfg, model_cfg, nproc: int) -> list[str]:
            "-m", "blm_lab.train_bytes"]
     if train_cfg.dataset:
         cmd.append(train_cfg.dataset)
-    for cfg, skip in ((model_cfg, ()), (train_cfg, ("dataset", "device", "progress"))):
+    for cfg, skip in ((model_cfg, ("vocab_size",)), (train_cfg, ("dataset", "device", "progress"))):
         for f in dataclasses.fields(cfg):
             if f.name in skip:
                 continue

@@ -45,7 +45,7 @@ def test_notebooks_declare_the_documented_parameters():
     expected = {
         "01_data_prep.ipynb": {"data_dir", "val_fraction", "block_size", "run_dir"},
         "02_train_gpu.ipynb": {"device", "amp", "n_layer", "n_head", "n_embd", "batch_size", "block_size", "max_steps",
-                               "time_budget", "lr", "eval_interval", "run_dir"},
+                               "time_budget", "lr", "eval_interval", "nproc", "run_dir"},
         "03_entropy_visualization.ipynb": {"checkpoint", "text", "file", "max_bytes", "position", "device", "run_dir"},
         "04_compression_ratios.ipynb": {"checkpoint", "files", "segments", "max_bytes", "device", "run_dir"},
     }
