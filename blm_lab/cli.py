@@ -91,9 +91,9 @@ def cmd_decompress(args) -> int:
     data, stats = decompress_with_stats(blob, model, progress=not args.quiet,
                                         allow_compute_mismatch=args.ignore_compute_mismatch)
     _write_atomic(dst, data)
-    summary = {"original_bytes": stats.original_bytes, "compressed_bytes": stats.compressed_bytes,
-               "bits_per_byte": stats.bits_per_byte, "ideal_bits": None, "overhead_percent": None,
-               "seconds": stats.seconds, "bytes_per_second": stats.bytes_per_second, "segments": stats.segments}
+    summary = {k: getattr(stats, k) for k in ("original_bytes", "compressed_bytes", "bits_per_byte", "ideal_bits",
+                                              "overhead_percent", "seconds", "bytes_per_second", "segments")}
+    summary["coder_share_percent"] = 100 * stats.coder_seconds / stats.seconds if stats.seconds else 0.0
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:

@@ -204,11 +204,12 @@ def check_compatible(header: container.Header, model, allow_compute_mismatch: bo
 
 
 def _decode_streams(streams, lengths, seg, n, model, progress):
-    """The decoder's half of the lock-step loop; returns (bytes, model seconds, coder seconds)."""
+    """The decoder's half of the lock-step loop; returns (bytes, model seconds, coder seconds, ideal bits)."""
     B = len(lengths)
     if B == 0:
-        return b"", 0.0, 0.0
+        return b"", 0.0, 0.0, 0.0
     coder_s = 0.0
+    ideal_bits = 8.0 * B  # every segment's first byte is coded with the uniform distribution
     model.eval()
     decoder = BatchDecoder(streams)
     predictor = _Predictor(model, B)
@@ -224,13 +225,16 @@ def _decode_streams(streams, lengths, seg, n, model, progress):
             probs = predictor.next_probs(symbols[:, t_pos - 1])
             active = lengths > t_pos
             t = time.perf_counter()
-            symbols[:, t_pos] = decoder.decode(quantize(probs.numpy()), active)
+            probs_np = probs.numpy()
+            symbols[:, t_pos] = decoder.decode(quantize(probs_np), active)
             coder_s += time.perf_counter() - t
+            p_actual = probs_np[np.arange(B), symbols[:, t_pos]][active].astype(np.float64)
+            ideal_bits -= float(np.log2(np.maximum(p_actual, 1e-45)).sum())
             bar.update(int(active.sum()))
     bar.close()
     model_s = predictor.model_seconds
     out = symbols.astype(np.uint8).reshape(-1)[:n].tobytes()
-    return out, model_s, coder_s
+    return out, model_s, coder_s, ideal_bits
 
 
 def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
@@ -246,7 +250,7 @@ def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
         raise container.ContainerError("the header is corrupted: segment count does not match the original length")
     B = len(lengths)
     try:
-        out, model_s, coder_s = _decode_streams(streams, lengths, seg, n, model, progress)
+        out, model_s, coder_s, ideal_bits = _decode_streams(streams, lengths, seg, n, model, progress)
     except ValueError as exc:  # the coder found an impossible state: only a damaged stream does that
         raise CompressionError(f"the compressed data is corrupted ({exc}); nothing was written") from None
     if container.checksum(out) != header.checksum:
@@ -256,7 +260,8 @@ def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
     seconds = time.perf_counter() - t_start
     stats = CompressionStats(
         original_bytes=n, compressed_bytes=len(blob), bits_per_byte=8 * len(blob) / n if n else 0.0,
-        ideal_bits=float("nan"), overhead_percent=float("nan"), seconds=seconds,
+        ideal_bits=ideal_bits, overhead_percent=(100 * (8 * len(blob) - ideal_bits) / ideal_bits) if ideal_bits else 0.0,
+        seconds=seconds,
         bytes_per_second=n / seconds if seconds else 0.0, segments=B, segment_bytes=seg,
         model_seconds=model_s, coder_seconds=coder_s,
     )

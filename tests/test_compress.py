@@ -225,6 +225,10 @@ def test_cli_round_trip_json_and_errors(tmp_path, ckpt_pair):
     r = _cli("decompress", packed, restored, "--model", ckpt, "--json", "--quiet")
     assert r.returncode == 0, r.stderr
     assert restored.read_bytes() == src.read_bytes()
+    back = json.loads(r.stdout.strip().splitlines()[-1])
+    # the decoder ran the identical computation, so it measures the identical ideal code length
+    assert back["ideal_bits"] == pytest.approx(summary["ideal_bits"], rel=1e-9)
+    assert back["compressed_bytes"] == summary["compressed_bytes"]
 
     # an existing output is not overwritten without --force
     before = restored.read_bytes()
