@@ -24,26 +24,32 @@ def current_umask() -> int:
     return mask
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temp file in the same directory, fsync, then rename.
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync, then rename it over ``path``.
 
-    A process killed at any moment leaves either the previous file or the new one, never a torn one.
+    A process killed at any moment leaves either the previous file or the new one, never a torn one,
+    and no temp file survives an exception.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a checkpoint is as readable as any file
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the result is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
+    """Write a checkpoint atomically (see ``atomic_write``)."""
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def read_checkpoint(path: str | os.PathLike, device=None) -> dict:

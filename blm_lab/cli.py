@@ -14,30 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from .checkpoint import current_umask
+from .checkpoint import atomic_write
 from .errors import BlmError
 
 EXIT_ERROR = 2
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _summary(stats) -> dict:
+    """The one-line JSON summary of a compression or decompression."""
+    keys = ("original_bytes", "compressed_bytes", "bits_per_byte", "ideal_bits", "overhead_percent", "seconds",
+            "bytes_per_second", "segments")
+    summary = {k: getattr(stats, k) for k in keys}
+    summary["coder_share_percent"] = 100 * stats.coder_seconds / stats.seconds if stats.seconds else 0.0
+    return summary
 
 
 def _check_paths(src: Path, dst: Path, force: bool) -> None:
@@ -68,10 +60,8 @@ def cmd_compress(args) -> int:
     data = src.read_bytes()
     blob, stats = compress_with_stats(data, model, segments=args.segments, segment_bytes=args.segment_bytes,
                                       progress=not args.quiet)
-    _write_atomic(dst, blob)
-    summary = {k: getattr(stats, k) for k in ("original_bytes", "compressed_bytes", "bits_per_byte", "ideal_bits",
-                                              "overhead_percent", "seconds", "bytes_per_second", "segments")}
-    summary["coder_share_percent"] = 100 * stats.coder_seconds / stats.seconds if stats.seconds else 0.0
+    atomic_write(dst, lambda f: f.write(blob))
+    summary = _summary(stats)
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
@@ -90,10 +80,8 @@ def cmd_decompress(args) -> int:
     blob = src.read_bytes()
     data, stats = decompress_with_stats(blob, model, progress=not args.quiet,
                                         allow_compute_mismatch=args.ignore_compute_mismatch)
-    _write_atomic(dst, data)
-    summary = {k: getattr(stats, k) for k in ("original_bytes", "compressed_bytes", "bits_per_byte", "ideal_bits",
-                                              "overhead_percent", "seconds", "bytes_per_second", "segments")}
-    summary["coder_share_percent"] = 100 * stats.coder_seconds / stats.seconds if stats.seconds else 0.0
+    atomic_write(dst, lambda f: f.write(data))
+    summary = _summary(stats)
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:

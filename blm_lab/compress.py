@@ -91,24 +91,51 @@ def _segment_bytes(n: int, segments: int | None, segment_bytes: int | None) -> i
 
 # ----------------------------------------------------------------------------- the lock-step loop
 
-class _Predictor:
-    """Runs the model one byte per stream and turns logits into coder frequencies (both sides use it)."""
+@dataclass
+class _LoopTimes:
+    model_seconds: float = 0.0  # model.step + softmax
+    coder_seconds: float = 0.0  # quantise + arithmetic coding
+    ideal_bits: float = 0.0  # -sum log2 p(x) under the float probabilities that were quantised
 
-    def __init__(self, model, n_streams: int):
-        self.model = model
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        self.cache = model.new_cache(n_streams, device=self.device, dtype=self.dtype)
-        self.model_seconds = 0.0
-        self.coder_seconds = 0.0
 
-    def next_probs(self, previous: np.ndarray) -> torch.Tensor:
-        """Feed each stream's previous byte; float32 probabilities (B, 256) of its next byte."""
-        t = time.perf_counter()
-        logits = self.model.step(torch.from_numpy(previous).to(self.device), self.cache)
-        probs = torch.softmax(logits.float(), dim=-1).cpu()
-        self.model_seconds += time.perf_counter() - t
-        return probs
+def _lockstep(model, lengths: np.ndarray, code, label: str, progress: bool) -> tuple[np.ndarray, _LoopTimes]:
+    """The loop both sides run, so their model arithmetic is the same computation by construction.
+
+    ``code(freqs, active) -> symbols`` codes one byte per active stream (the encoder encodes the known
+    bytes and returns them, the decoder decodes and returns them). Step 0 uses the uniform distribution;
+    every later step feeds each stream's previous byte to ``model.step`` with the batch shape fixed at
+    B = len(lengths) (finished streams keep feeding 0 and are masked out of the coder), on the model's
+    own device and dtype. Returns symbols (B, max length) and the measured times.
+    """
+    B = len(lengths)
+    steps = int(lengths.max())
+    p = next(model.parameters())
+    cache = model.new_cache(B, device=p.device, dtype=p.dtype)
+    times = _LoopTimes(ideal_bits=8.0 * B)
+    symbols = np.zeros((B, steps), dtype=np.int64)
+    rows = np.arange(B)
+    bar = tqdm(total=int(lengths.sum()), desc=label, unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    model.eval()
+    t = time.perf_counter()
+    symbols[:, 0] = code(_uniform_freqs(B), lengths > 0)
+    times.coder_seconds += time.perf_counter() - t
+    bar.update(B)
+    with torch.inference_mode():
+        for pos in range(1, steps):
+            t = time.perf_counter()
+            logits = model.step(torch.from_numpy(symbols[:, pos - 1]).to(p.device), cache)  # (B, 256)
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, 256) float32
+            t_coder = time.perf_counter()
+            active = lengths > pos
+            symbols[:, pos] = code(quantize(probs), active)
+            t_end = time.perf_counter()
+            times.model_seconds += t_coder - t
+            times.coder_seconds += t_end - t_coder
+            p_actual = probs[rows, symbols[:, pos]][active].astype(np.float64)
+            times.ideal_bits -= float(np.log2(np.maximum(p_actual, 1e-45)).sum())
+            bar.update(int(active.sum()))
+    bar.close()
+    return symbols, times
 
 
 def _uniform_freqs(n_streams: int) -> np.ndarray:
@@ -132,38 +159,22 @@ def compress_with_stats(data: bytes, model, *, segments: int | None = None, segm
     lengths, offsets = _lengths_and_offsets(n, seg)
     B = len(lengths)
     setting = compute_setting(model)
-    ideal_bits = 0.0
-    model_s = coder_s = 0.0
+    times = _LoopTimes()
     streams: list[bytes] = []
     if B:
-        model.eval()
-        # symbols[b, t] is byte t of segment b; the tail of the last segment is padded with 0
-        buf = np.frombuffer(data, dtype=np.uint8)
+        # known[b, t] is byte t of segment b; the tail of the last segment is padded with 0
         padded = np.zeros(B * seg, dtype=np.uint8)
-        padded[:n] = buf
-        symbols = padded.reshape(B, seg).astype(np.int64)
+        padded[:n] = np.frombuffer(data, dtype=np.uint8)
+        known = padded.reshape(B, seg).astype(np.int64)
         encoder = BatchEncoder(B)
-        predictor = _Predictor(model, B)
-        t = time.perf_counter()
-        encoder.encode(_uniform_freqs(B), symbols[:, 0])
-        ideal_bits += 8.0 * B
-        coder_s += time.perf_counter() - t
-        steps = int(lengths.max())
-        bar = tqdm(total=n, desc="compress", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
-        bar.update(B)
-        with torch.inference_mode():
-            for t_pos in range(1, steps):
-                probs = predictor.next_probs(symbols[:, t_pos - 1])
-                active = lengths > t_pos
-                t = time.perf_counter()
-                probs_np = probs.numpy()
-                encoder.encode(quantize(probs_np), symbols[:, t_pos], active)
-                coder_s += time.perf_counter() - t
-                p_actual = probs_np[np.arange(B), symbols[:, t_pos]][active].astype(np.float64)
-                ideal_bits -= float(np.log2(np.maximum(p_actual, 1e-45)).sum())
-                bar.update(int(active.sum()))
-        bar.close()
-        model_s = predictor.model_seconds
+        column = iter(range(seg))
+
+        def encode(freqs, active):
+            symbols = known[:, next(column)]
+            encoder.encode(freqs, symbols, active)
+            return symbols
+
+        _, times = _lockstep(model, lengths, encode, "compress", progress)
         streams = encoder.finish()
     header = container.Header(
         precision=PRECISION, original_length=n, checksum=container.checksum(data),
@@ -174,9 +185,10 @@ def compress_with_stats(data: bytes, model, *, segments: int | None = None, segm
     seconds = time.perf_counter() - t_start
     stats = CompressionStats(
         original_bytes=n, compressed_bytes=len(blob), bits_per_byte=8 * len(blob) / n if n else 0.0,
-        ideal_bits=ideal_bits, overhead_percent=(100 * (8 * len(blob) - ideal_bits) / ideal_bits) if ideal_bits else 0.0,
+        ideal_bits=times.ideal_bits,
+        overhead_percent=(100 * (8 * len(blob) - times.ideal_bits) / times.ideal_bits) if times.ideal_bits else 0.0,
         seconds=seconds, bytes_per_second=n / seconds if seconds else 0.0, segments=B, segment_bytes=seg,
-        model_seconds=model_s, coder_seconds=coder_s,
+        model_seconds=times.model_seconds, coder_seconds=times.coder_seconds,
     )
     return blob, stats
 
@@ -203,38 +215,14 @@ def check_compatible(header: container.Header, model, allow_compute_mismatch: bo
             "(allow_compute_mismatch=True) to try anyway: the checksum then decides")
 
 
-def _decode_streams(streams, lengths, seg, n, model, progress):
-    """The decoder's half of the lock-step loop; returns (bytes, model seconds, coder seconds, ideal bits)."""
-    B = len(lengths)
-    if B == 0:
-        return b"", 0.0, 0.0, 0.0
-    coder_s = 0.0
-    ideal_bits = 8.0 * B  # every segment's first byte is coded with the uniform distribution
-    model.eval()
+def _decode_streams(streams: list[bytes], lengths: np.ndarray, n: int, model, progress: bool) -> tuple[bytes, _LoopTimes]:
+    """The decoder's side of the lock-step loop."""
+    if len(lengths) == 0:
+        return b"", _LoopTimes()
     decoder = BatchDecoder(streams)
-    predictor = _Predictor(model, B)
-    symbols = np.zeros((B, seg), dtype=np.int64)
-    t = time.perf_counter()
-    symbols[:, 0] = decoder.decode(_uniform_freqs(B))
-    coder_s += time.perf_counter() - t
-    steps = int(lengths.max())
-    bar = tqdm(total=n, desc="decompress", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
-    bar.update(B)
-    with torch.inference_mode():
-        for t_pos in range(1, steps):
-            probs = predictor.next_probs(symbols[:, t_pos - 1])
-            active = lengths > t_pos
-            t = time.perf_counter()
-            probs_np = probs.numpy()
-            symbols[:, t_pos] = decoder.decode(quantize(probs_np), active)
-            coder_s += time.perf_counter() - t
-            p_actual = probs_np[np.arange(B), symbols[:, t_pos]][active].astype(np.float64)
-            ideal_bits -= float(np.log2(np.maximum(p_actual, 1e-45)).sum())
-            bar.update(int(active.sum()))
-    bar.close()
-    model_s = predictor.model_seconds
-    out = symbols.astype(np.uint8).reshape(-1)[:n].tobytes()
-    return out, model_s, coder_s, ideal_bits
+    symbols, times = _lockstep(model, lengths, decoder.decode, "decompress", progress)
+    # every segment but the last is full, so the rows of (B, segment length) laid end to end are the bytes
+    return symbols.astype(np.uint8).reshape(-1)[:n].tobytes(), times
 
 
 def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
@@ -250,7 +238,7 @@ def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
         raise container.ContainerError("the header is corrupted: segment count does not match the original length")
     B = len(lengths)
     try:
-        out, model_s, coder_s, ideal_bits = _decode_streams(streams, lengths, seg, n, model, progress)
+        out, times = _decode_streams(streams, lengths, n, model, progress)
     except ValueError as exc:  # the coder found an impossible state: only a damaged stream does that
         raise CompressionError(f"the compressed data is corrupted ({exc}); nothing was written") from None
     if container.checksum(out) != header.checksum:
@@ -260,10 +248,11 @@ def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
     seconds = time.perf_counter() - t_start
     stats = CompressionStats(
         original_bytes=n, compressed_bytes=len(blob), bits_per_byte=8 * len(blob) / n if n else 0.0,
-        ideal_bits=ideal_bits, overhead_percent=(100 * (8 * len(blob) - ideal_bits) / ideal_bits) if ideal_bits else 0.0,
+        ideal_bits=times.ideal_bits,
+        overhead_percent=(100 * (8 * len(blob) - times.ideal_bits) / times.ideal_bits) if times.ideal_bits else 0.0,
         seconds=seconds,
         bytes_per_second=n / seconds if seconds else 0.0, segments=B, segment_bytes=seg,
-        model_seconds=model_s, coder_seconds=coder_s,
+        model_seconds=times.model_seconds, coder_seconds=times.coder_seconds,
     )
     return out, stats
 
