@@ -51,43 +51,43 @@ def _load_model(path: str, device: str):
     return model
 
 
-def cmd_compress(args) -> int:
-    from .compress import compress_with_stats
-
+def _transform_file(args, transform, describe) -> int:
+    """Shared by compress and decompress: check paths, load the model, transform, write atomically, report."""
     src, dst = Path(args.input), Path(args.output)
     _check_paths(src, dst, args.force)
     model = _load_model(args.model, args.device)
-    data = src.read_bytes()
-    blob, stats = compress_with_stats(data, model, segments=args.segments, segment_bytes=args.segment_bytes,
-                                      progress=not args.quiet)
-    atomic_write(dst, lambda f: f.write(blob))
-    summary = _summary(stats)
+    out, stats = transform(src.read_bytes(), model)
+    atomic_write(dst, lambda f: f.write(out))
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(_summary(stats)))
     elif not args.quiet:
-        print(f"{stats.original_bytes:,} -> {stats.compressed_bytes:,} bytes, {stats.bits_per_byte:.4f} bits/byte "
-              f"(ideal {stats.ideal_bits / max(stats.original_bytes, 1):.4f}, overhead {stats.overhead_percent:.3f}%), "
-              f"{stats.bytes_per_second / 1024:.1f} KB/s")
+        print(describe(stats))
     return 0
+
+
+def cmd_compress(args) -> int:
+    from .compress import compress_with_stats
+
+    def transform(data, model):
+        return compress_with_stats(data, model, segments=args.segments, segment_bytes=args.segment_bytes,
+                                   progress=not args.quiet)
+
+    return _transform_file(args, transform, lambda stats: (
+        f"{stats.original_bytes:,} -> {stats.compressed_bytes:,} bytes, {stats.bits_per_byte:.4f} bits/byte "
+        f"(ideal {stats.ideal_bits / max(stats.original_bytes, 1):.4f}, overhead {stats.overhead_percent:.3f}%), "
+        f"{stats.bytes_per_second / 1024:.1f} KB/s"))
 
 
 def cmd_decompress(args) -> int:
     from .compress import decompress_with_stats
 
-    src, dst = Path(args.input), Path(args.output)
-    _check_paths(src, dst, args.force)
-    model = _load_model(args.model, args.device)
-    blob = src.read_bytes()
-    data, stats = decompress_with_stats(blob, model, progress=not args.quiet,
-                                        allow_compute_mismatch=args.ignore_compute_mismatch)
-    atomic_write(dst, lambda f: f.write(data))
-    summary = _summary(stats)
-    if args.json:
-        print(json.dumps(summary))
-    elif not args.quiet:
-        print(f"{stats.compressed_bytes:,} -> {stats.original_bytes:,} bytes, checksum verified, "
-              f"{stats.bytes_per_second / 1024:.1f} KB/s")
-    return 0
+    def transform(blob, model):
+        return decompress_with_stats(blob, model, progress=not args.quiet,
+                                     allow_compute_mismatch=args.ignore_compute_mismatch)
+
+    return _transform_file(args, transform, lambda stats: (
+        f"{stats.compressed_bytes:,} -> {stats.original_bytes:,} bytes, checksum verified, "
+        f"{stats.bytes_per_second / 1024:.1f} KB/s"))
 
 
 def _notebook_params(args) -> dict:

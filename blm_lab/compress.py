@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from . import container
 from .coder import PRECISION, BatchDecoder, BatchEncoder, quantize
 from .errors import BlmError
+from .gpt import encode
 
 MAX_STREAMS = 256  # default segmentation: at most this many lock-step streams ...
 MIN_SEGMENT_BYTES = 4096  # ... each at least this long (shorter segments lose too much context)
@@ -275,7 +276,7 @@ def estimate_bits(data: bytes, model, segment_bytes: int | None = None) -> float
     p = next(model.parameters())
     total = 0.0
     for start in range(0, n, seg):
-        chunk = torch.tensor(list(data[start:start + seg]), dtype=torch.long, device=p.device)[None, :]
+        chunk = encode(data[start:start + seg]).to(p.device)[None, :]
         total += 8.0
         if chunk.shape[1] > 1:
             logp = torch.log_softmax(model.window_logits(chunk[:, :-1]).float(), dim=-1)[0]  # (L-1, V)

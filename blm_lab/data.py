@@ -122,12 +122,26 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     return files
 
 
+def corpus_paths(spec: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str]:
+    """The paths a corpus spec names: a path, a comma-separated list of paths (spaces around commas are
+    ignored; a path that exists as given is never split), or a sequence. Empty means the default corpus."""
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return []
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and Path(spec).expanduser().exists()):
+        return [str(spec)]
+    if isinstance(spec, str):
+        return [p.strip() for p in spec.split(",") if p.strip()]
+    return [str(p) for p in spec]
+
+
 def load_corpus(paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> Corpus:
     """Read a file, a directory (recursively, sorted) or a list of them as raw bytes.
 
-    ``None`` or an empty string gives the embedded default corpus (``default_corpus()``).
+    ``paths`` is anything ``corpus_paths`` reads; ``None`` or an empty string gives the embedded
+    default corpus (``default_corpus()``).
     """
-    if paths is None or (isinstance(paths, str) and paths.strip() == "") or (isinstance(paths, (list, tuple)) and not paths):
+    paths = corpus_paths(paths)
+    if not paths:
         return default_corpus()
     files = expand_paths(paths)
     sizes = [f.stat().st_size for f in files]
@@ -263,11 +277,6 @@ class ByteWindows(torch.utils.data.Dataset):
     def __getitems__(self, indices):
         w = self._gather(indices)
         return w[:, :-1], w[:, 1:]
-
-
-def batch_collate(batch):
-    """Collate for ByteWindows with __getitems__: the batch is already stacked."""
-    return batch
 
 
 def iter_windows(data: np.ndarray, block_size: int, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:

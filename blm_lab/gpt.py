@@ -11,6 +11,7 @@ long files relies on it: the cost per byte is O(block_size), never O(n).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -47,13 +48,19 @@ class BytesGPTConfig:
 
 # ----------------------------------------------------------------------------- rotary positions
 
+@functools.lru_cache(maxsize=16)
+def _inverse_frequencies(head_size: int, base: float, device: torch.device) -> torch.Tensor:
+    """(head_size/2,) float64 rotary frequencies; cached, since step() needs them for every byte."""
+    return base ** (-torch.arange(0, head_size, 2, dtype=torch.float64, device=device) / head_size)
+
+
 def rotary_cos_sin(positions: torch.Tensor, head_size: int, base: float, dtype: torch.dtype):
     """cos/sin tables (T, head_size/2) for integer ``positions`` (T,).
 
     Angles are computed in float64 and then cast: at position 10^6 a float32 angle would be off by
     ~0.06 rad, which would blur the relative positions of a long file's rolling KV cache.
     """
-    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64, device=positions.device) / head_size)
+    inv_freq = _inverse_frequencies(head_size, float(base), positions.device)
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, hs/2)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -345,7 +352,9 @@ def encode(data: bytes | bytearray | str) -> torch.Tensor:
     """bytes (or str, encoded as UTF-8) -> LongTensor (T,) of byte values."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    return torch.tensor(list(bytes(data)), dtype=torch.long)
+    if not data:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()  # no Python list of ints for large inputs
 
 
 def decode(ids) -> str:

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .analysis import save_figure
-from .data import Corpus, check_length, load_corpus
+from .data import Corpus, check_length, corpus_paths, load_corpus
 from .errors import BlmError
 
 CORPUS_FILE = "corpus.json"
@@ -91,8 +91,7 @@ def read_json(path: str | os.PathLike, what: str, fix: str) -> dict:
 
 def load_data(data_dir: str = "") -> Corpus:
     """The corpus named by a notebook's ``data_dir``: a path, a comma-separated list, or empty for the default corpus."""
-    paths = [p.strip() for p in str(data_dir or "").split(",") if p.strip()]
-    return load_corpus(paths or None)
+    return load_corpus(str(data_dir or ""))
 
 
 def save_corpus_info(run_dir: str | os.PathLike, corpus: Corpus, data_dir: str, val_fraction: float,
@@ -103,7 +102,7 @@ def save_corpus_info(run_dir: str | os.PathLike, corpus: Corpus, data_dir: str, 
     check_length(val_data, block_size, "Validation split")
     manifest = corpus.manifest()
     # absolute paths, so that later notebooks find the corpus from any working directory (papermill or Lab)
-    data_dir = ",".join(str(Path(p.strip()).expanduser().resolve()) for p in str(data_dir or "").split(",") if p.strip())
+    data_dir = ",".join(str(Path(p).expanduser().resolve()) for p in corpus_paths(str(data_dir or "")))
     info = {
         "data_dir": data_dir, "val_fraction": val_fraction, "block_size": block_size, "source": corpus.source,
         "total_bytes": len(corpus), "train_bytes": int(train_data.shape[0]), "val_bytes": int(val_data.shape[0]),

@@ -175,14 +175,6 @@ def evaluate_bpb(model: torch.nn.Module, data: np.ndarray, block_size: int, batc
 
 # ----------------------------------------------------------------------------- training
 
-def _resolve_corpus(cfg: TrainConfig, corpus: Corpus | None) -> Corpus:
-    if corpus is not None:
-        return corpus
-    ds = cfg.dataset
-    paths = [p for p in ds.split(",") if p] if isinstance(ds, str) and "," in ds else ds
-    return load_corpus(paths or None)
-
-
 def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = None,
           callback: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a BytesGPT on a corpus; returns the best and final validation bits per byte.
@@ -199,7 +191,7 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    corpus = _resolve_corpus(cfg, corpus)
+    corpus = corpus if corpus is not None else load_corpus(cfg.dataset)
     train_data, val_data = corpus.split(cfg.val_fraction)
     bs = model_cfg.block_size
     check_length(corpus.data, bs, "Corpus")
@@ -301,7 +293,7 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
     stop = False
     last_val = float("nan")
 
-    def run_eval(final: bool = False):
+    def run_eval():
         nonlocal best_val, t_last, tokens_since, train_nats_since, train_count_since, last_val, eval_seconds
         t_eval = time.perf_counter()
         val_bpb = evaluate_bpb(raw_model, val_data, bs, cfg.batch_size, device, cfg.eval_batches, dist_info, amp_dtype)
@@ -388,7 +380,7 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
         if batch_in_epoch == steps_per_epoch:
             epoch += 1
             batch_in_epoch = 0
-    run_eval(final=True)
+    run_eval()
     bar.close()
     elapsed = elapsed_before + time.perf_counter() - t0
     result = TrainResult(
