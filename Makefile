@@ -3,25 +3,36 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+INSTALL_LOG := $(VENV)/install.log
 
-.PHONY: run test test-fast lab bench gpu-check clean
+.PHONY: run test test-fast lab bench chromium clean
 
+# Installation is quiet: its output goes to .venv/install.log and is shown only when a step fails.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m ipykernel install --sys-prefix --name blm_lab --display-name "Python (blm_lab)" > /dev/null
-	touch $(STAMP)
+	@echo "setting up $(VENV) (pip install -e '.[test]'; output in $(INSTALL_LOG)) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@( $(PY) -m pip install --upgrade pip \
+	  && $(PY) -m pip install -e '.[test]' \
+	  && $(PY) -m ipykernel install --sys-prefix --name blm_lab --display-name "Python (blm_lab)" ) \
+	  > $(INSTALL_LOG) 2>&1 || { cat $(INSTALL_LOG); echo "installation failed (log above, also in $(INSTALL_LOG))"; exit 1; }
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
 ## run: the main job on the embedded default corpus (writes under outputs/)
 run: $(STAMP)
-	$(PY) -m blm_lab run
+	$(VENV)/bin/blm-lab run
 
-## test: the test suite
-test: $(STAMP)
+## test: the test suite, the browser test included (Chromium is installed first where this user can)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+## test-fast: the tests without the slow ones
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+chromium:
+	@sh tools/install_chromium.sh
 
 ## lab: JupyterLab on the notebooks, with the project's kernel
 lab: $(STAMP)

@@ -1,4 +1,4 @@
-"""Throughput and overhead of blm_lab.coder on realistic byte distributions, with a verified round trip.
+"""Throughput and overhead of blm_lab.codec.coder on realistic byte distributions, with a verified round trip.
 
 Distributions are float32 softmaxes of random logits at a temperature that puts their entropy near
 2-3 bits (like a byte-level LM on text); symbols are sampled from them. A pool of ``--pool`` distinct
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blm_lab.coder import PRECISION, BatchDecoder, BatchEncoder, ideal_bits, quantize
+from blm_lab.codec.coder import PRECISION, BatchDecoder, BatchEncoder, ideal_bits, quantize
 
 
 @dataclass

@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blm_lab.baselines import ZstdDictCompressor, classic_compressors, compare, table_markdown  # noqa: E402
 from blm_lab.checkpoint import load_checkpoint  # noqa: E402
-from blm_lab.compress import NeuralCompressor, compress_with_stats, decompress_with_stats, default_segment_bytes, estimate_bits  # noqa: E402
+from blm_lab.codec.neural import (NeuralCompressor, compress_with_stats, decompress_with_stats,  # noqa: E402
+                                  default_segment_bytes)
 from blm_lab.data import split_bytes  # noqa: E402
+from blm_lab.scoring import window_bits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
@@ -45,8 +47,8 @@ def round_trip(data: bytes, model, label: str, **kw) -> dict:
         "bits_per_byte": round(8 * len(blob) / len(data), 4), "ideal_bits_per_byte": round(c.ideal_bits / len(data), 4),
         "overhead_percent": round(c.overhead_percent, 3), "segments": c.segments,
         "compress_KBps": round(c.bytes_per_second / 1024, 1), "decompress_KBps": round(d.bytes_per_second / 1024, 1),
-        "coder_share_compress_percent": round(100 * c.coder_seconds / c.seconds, 1),
-        "coder_share_decompress_percent": round(100 * d.coder_seconds / d.seconds, 1),
+        "coder_share_compress_percent": round(c.coder_share_percent, 1),
+        "coder_share_decompress_percent": round(d.coder_share_percent, 1),
         "verified": True,
     }
     print(json.dumps(row), flush=True)
@@ -77,7 +79,7 @@ def main() -> int:
         stats = neural.last_stats
         print(json.dumps({"neural_segments": stats.segments, "overhead_percent": round(stats.overhead_percent, 3),
                           "compress_KBps": round(stats.bytes_per_second / 1024, 1),
-                          "coder_share_percent": round(100 * stats.coder_seconds / stats.seconds, 1)}), flush=True)
+                          "coder_share_percent": round(stats.coder_share_percent, 1)}), flush=True)
 
     if "1mb" not in skip:
         print("\n== 2. 1 MB text, default segmentation ==")
@@ -87,9 +89,9 @@ def main() -> int:
         print("\n== 3. segmentation cost against one stream (full-sequence estimates) ==")
         for n in (100_000, 1_000_000):
             data = text[:n]
-            one = estimate_bits(data, model, segment_bytes=n)
+            one = window_bits(data, model, segment_bytes=n)
             seg = default_segment_bytes(n)
-            many = estimate_bits(data, model, segment_bytes=seg)
+            many = window_bits(data, model, segment_bytes=seg)
             print(json.dumps({"bytes": n, "segment_bytes": seg, "segments": -(-n // seg),
                               "one_stream_bpb": round(one / n, 4), "segmented_bpb": round(many / n, 4),
                               "cost_percent": round(100 * (many - one) / one, 3)}), flush=True)

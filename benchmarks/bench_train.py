@@ -19,11 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blm_lab.recipes import recipe  # noqa: E402
-from blm_lab.train import train  # noqa: E402
-from blm_lab.train_bytes import add_dataclass_arguments  # noqa: E402
-from blm_lab.gpt import BytesGPT, BytesGPTConfig  # noqa: E402
-from blm_lab.train import TrainConfig  # noqa: E402
+from blm_lab.gpt import BytesGPT  # noqa: E402
+from blm_lab.training.config import add_train_arguments, configs_from_args, recipe  # noqa: E402
+from blm_lab.training.loop import train  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
 
@@ -35,20 +33,12 @@ def main() -> int:
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="GPU peak for MFU (default: looked up by name)")
     known, rest = parser.parse_known_args()
     train_defaults, model_defaults = recipe(known.recipe)
-    sub = argparse.ArgumentParser()
-    add_dataclass_arguments(sub, BytesGPTConfig)
-    add_dataclass_arguments(sub, TrainConfig)
-    sub.set_defaults(**train_defaults.__dict__, **model_defaults.__dict__)
-    args = sub.parse_args(rest)
-    values = vars(args)
-    model_cfg = BytesGPTConfig(**{k: values[k] for k in BytesGPTConfig.__dataclass_fields__})
-    train_cfg = TrainConfig(**{k: values[k] for k in TrainConfig.__dataclass_fields__})
+    train_defaults.output_dir = "outputs/bench_train"
+    train_cfg, model_cfg = configs_from_args(add_train_arguments(argparse.ArgumentParser(), (train_defaults, model_defaults)).parse_args(rest))
     if not Path(known.data).exists():
         print(f"error: {known.data} not found (the benchmark reads ../shared/corpora/tinyshakespeare/input.txt)", file=sys.stderr)
         return 2
     train_cfg.dataset = known.data
-    if train_cfg.output_dir == "checkpoints":
-        train_cfg.output_dir = "outputs/bench_train"
     print(f"model: {model_cfg}\ntrain: {train_cfg}", flush=True)
     result = train(train_cfg, model_cfg)
     print("\nminutes  step  val_bpb  train_bpb  tokens/s")

@@ -12,5 +12,5 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 "$PY" -m pytest -q -m cuda tests/test_cuda.py
-"$PY" benchmarks/bench_train.py --recipe gpu --time-budget "${TIME_BUDGET:-300}" --output-dir outputs/gpu_bench --no-progress
+"$PY" benchmarks/bench_train.py --recipe gpu --time-budget "${TIME_BUDGET:-300}" --output-dir outputs/gpu_bench --force --no-progress
 "$PY" benchmarks/bench_compress.py --model outputs/gpu_bench/best.pt --device cuda --skip segmentation,flat

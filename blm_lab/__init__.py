@@ -1,13 +1,15 @@
 """blm_lab: byte-level language modelling and neural compression, as a Jupyter research workbench."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .compress import NeuralCompressor, compress, compress_with_stats, decompress, decompress_with_stats
+from .codec.neural import NeuralCompressor, compress, compress_with_stats, decompress, decompress_with_stats
 from .data import ByteWindows, Corpus, default_corpus, load_corpus, split_bytes
 from .errors import BlmError
 from .gpt import BytesGPT, BytesGPTConfig, KVCache, decode, encode
-from .train import TrainConfig, bits_per_byte, train
+from .scoring import bits_per_byte
+from .training.config import TrainConfig
+from .training.loop import train
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BlmError", "ByteWindows", "BytesGPT", "BytesGPTConfig", "Corpus", "KVCache", "NeuralCompressor", "TrainConfig",

@@ -1,6 +1,6 @@
 """Classic compressors behind one signature, and the loop that compares any of them with a neural one.
 
-Every compressor here (and ``blm_lab.compress.NeuralCompressor``) has the same shape: a ``name`` and
+Every compressor here (and ``blm_lab.codec.NeuralCompressor``) has the same shape: a ``name`` and
 ``compress(data: bytes) -> bytes`` / ``decompress(blob: bytes) -> bytes``. So the comparison table is a
 loop over a registry, and every number in it was decoded and checked against the original.
 
@@ -17,12 +17,10 @@ import bz2
 import gzip
 import lzma
 import math
-import os
 import struct
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 import brotli
@@ -168,21 +166,6 @@ class ZstdDictCompressor:
         return self._decompressor.decompress(blob)
 
 
-def _read_files(files: Mapping[str, bytes] | Iterable[str | os.PathLike] | str | os.PathLike) -> dict[str, bytes]:
-    if isinstance(files, Mapping):
-        return {str(name): bytes(data) for name, data in files.items()}
-    paths = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(p) for p in files]
-    if not paths:
-        raise BlmError("compare() got no files; pass a mapping name -> bytes or a list of paths")
-    # Label by file name, or by full path where two files share a name.
-    names = [p.name for p in paths]
-    labels = [str(p) if names.count(p.name) > 1 else p.name for p in paths]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise BlmError(f"compare() cannot read {', '.join(missing)}: not a file; check the paths")
-    return {label: p.read_bytes() for label, p in zip(labels, paths)}
-
-
 def _model_stats(compressor) -> tuple[float | None, int | None]:
     """(ideal_bits, num_params) a neural compressor reports after ``compress``; None where absent."""
     stats = getattr(compressor, "last_stats", None)
@@ -198,12 +181,11 @@ def _per_byte(numerator: float, original_bytes: int) -> float:
     return numerator / original_bytes if original_bytes else math.nan
 
 
-def compare(files: Mapping[str, bytes] | Iterable[str | os.PathLike] | str | os.PathLike,
-            compressors: Mapping[str, Compressor] | Iterable[Compressor],
+def compare(files: Mapping[str, bytes], compressors: Mapping[str, Compressor] | Iterable[Compressor],
             *, verify: bool = True, progress: bool = True) -> pd.DataFrame:
     """Compress and decompress every file with every compressor; one row per pair, timed and checked.
 
-    ``files`` is a mapping name -> bytes, or a path or list of paths (labelled by file name). ``compressors`` is
+    ``files`` is a mapping name -> bytes (read them with ``blm_lab.files.read_input``). ``compressors`` is
     a mapping label -> compressor (e.g. ``CLASSIC_COMPRESSORS``) or a list of them (labelled by ``.name``).
     Every round trip is checked: ``verified`` is False where the decoded bytes differ or decoding fails,
     and with ``verify=True`` (the default) that raises ``RuntimeError`` naming the file and compressor.
@@ -212,7 +194,7 @@ def compare(files: Mapping[str, bytes] | Iterable[str | os.PathLike] | str | os.
     """
     from tqdm.auto import tqdm
 
-    file_bytes = _read_files(files)
+    file_bytes = {str(name): bytes(data) for name, data in files.items()}
     if isinstance(compressors, Mapping):
         labelled = list(compressors.items())
     else:
@@ -273,27 +255,6 @@ def _measure(file: str, data: bytes, name: str, compressor: Compressor, verify: 
     }
 
 
-def plot_bits_per_byte(df: pd.DataFrame, ax=None):
-    """Bar chart of ``bits_per_byte`` per compressor (one bar per file when there are several), values on the bars."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    order = list(dict.fromkeys(df["compressor"]))
-    several_files = df["file"].nunique() > 1
-    if ax is None:
-        width = max(6.0, 0.8 * len(order) * (df["file"].nunique() if several_files else 1) + 2)
-        _, ax = plt.subplots(figsize=(width, 4.0), layout="constrained")
-    sns.barplot(data=df, x="compressor", y="bits_per_byte", hue="file" if several_files else None,
-                order=order, errorbar=None, ax=ax)
-    for bars in ax.containers:
-        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
-    ax.set_xlabel("")
-    ax.set_ylabel("bits per byte (lower is better)")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
-    ax.margins(y=0.1)  # room for the labels above the tallest bar
-    return ax.get_figure(root=True)
-
-
 FLOAT_FORMATS = {
     "bits_per_byte": ".3f", "ideal_bits_per_byte": ".3f", "adjusted_bits_per_byte": ".3f",
     "ratio": ".3f", "adjusted_ratio": ".3f",
@@ -304,3 +265,41 @@ FLOAT_FORMATS = {
 def table_markdown(df: pd.DataFrame) -> str:
     """The comparison as a Markdown table, with a sensible number of digits per column."""
     return df.to_markdown(index=False, floatfmt=tuple(FLOAT_FORMATS.get(c, "g") for c in df.columns))
+
+
+# ----------------------------------------------------------------------------- the workbench's registry and reports
+
+def primed_compressors(train_bytes: bytes) -> dict[str, Compressor]:
+    """The classic compressors that know the training split: zstd with a dictionary trained on it.
+
+    The dictionary is at most zstd's default 110 KiB and at most a tenth of the training bytes, since
+    zstd needs many samples per dictionary byte; a corpus too small to train one gives none.
+    """
+    dict_size = min(112_640, len(train_bytes) // 10)
+    sample_size = max(256, min(4096, len(train_bytes) // 64))
+    try:
+        zstd_dict = ZstdDictCompressor.from_training(train_bytes, dict_size=dict_size, sample_size=sample_size)
+    except BlmError as exc:
+        print(f"note: no zstd dictionary: {exc}")
+        return {}
+    return {zstd_dict.name: zstd_dict}
+
+
+def neural_report(table: pd.DataFrame) -> pd.DataFrame:
+    """The model's rows: actual vs ideal bits per byte, the coder's overhead, speed and the size-adjusted ratio."""
+    if "ideal_bits_per_byte" not in table:  # no compressor in the table reported a model
+        return pd.DataFrame()
+    rows = table[table["ideal_bits_per_byte"].notna()]
+    report = rows[["file", "compressor", "original_bytes", "bits_per_byte", "ideal_bits_per_byte",
+                   "adjusted_bits_per_byte", "ratio", "adjusted_ratio", "compress_s", "decompress_s", "verified"]].copy()
+    report["overhead_percent"] = 100 * (report["bits_per_byte"] / report["ideal_bits_per_byte"] - 1)
+    report["compress_KBps"] = report["original_bytes"] / 1024 / report["compress_s"]
+    report["decompress_KBps"] = report["original_bytes"] / 1024 / report["decompress_s"]
+    return report.reset_index(drop=True)
+
+
+def bits_per_byte_by_compressor(table: pd.DataFrame) -> dict[str, float]:
+    """Compressed bits per original byte for each compressor, over all files together."""
+    totals = table.groupby("compressor", sort=False)[["compressed_bytes", "original_bytes"]].sum()
+    return {name: 8.0 * row.compressed_bytes / row.original_bytes if row.original_bytes else math.nan
+            for name, row in totals.iterrows()}

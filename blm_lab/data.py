@@ -91,6 +91,31 @@ class Corpus:
         return self.data.tobytes()
 
 
+PRINTABLE = range(0x20, 0x7F)  # printable ASCII, space included
+
+
+def byte_label(value: int) -> str:
+    """A readable label for a byte value: repr of the character for ASCII ('a', ' ', '\\n'), hex otherwise."""
+    value = int(value)
+    return repr(chr(value)) if value < 0x80 else f"0x{value:02x}"
+
+
+def as_byte_array(data) -> np.ndarray:
+    """bytes, bytearray, memoryview, str (UTF-8) or an integer array -> 1-D uint8 array (no copy when possible)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, dtype=np.uint8)
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    arr = np.asarray(data)
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(f"byte values must lie in 0..255, got {arr.min()}..{arr.max()}")
+        arr = arr.astype(np.uint8)
+    return arr.reshape(-1)
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .errors import BlmError
+from .errors import ConfigError
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -20,7 +20,7 @@ def pick_device(preference: str = "auto") -> torch.device:
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise BlmError("device 'cuda' was asked for but no CUDA device is available; use device='cpu' or 'auto'")
+            raise ConfigError("device 'cuda' was asked for but no CUDA device is available; use device='cpu' or 'auto'")
         if preference == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(preference)

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 __all__ = ["BytesGPTConfig", "BytesGPT", "KVCache", "encode", "decode"]
 
 
@@ -36,11 +38,11 @@ class BytesGPTConfig:
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_embd as a multiple of n_head")
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_embd as a multiple of n_head")
         if (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"head size n_embd/n_head = {self.n_embd // self.n_head} must be even for rotary embeddings")
+            raise ConfigError(f"head size n_embd/n_head = {self.n_embd // self.n_head} must be even for rotary embeddings")
         if self.block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {self.block_size}")
+            raise ConfigError(f"block_size must be at least 1, got {self.block_size}")
 
     def to_dict(self) -> dict:
         return asdict(self)

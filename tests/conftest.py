@@ -13,22 +13,15 @@ import pytest
 import torch
 
 from blm_lab.gpt import BytesGPTConfig
-from blm_lab.train import TrainConfig
+from blm_lab.training.config import TrainConfig
 
 
-def available_threads() -> int:
-    """Cores this process may use that other work is not already using (at least one).
-
-    The test machine is shared; with more torch threads than idle cores, OpenMP threads of these tiny
-    models wait on each other and a forward pass gets ~100x slower (measured: 2 ms vs 200 ms).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cores, cores - busy))
-
-
-TORCH_THREADS = available_threads()
+# One fixed torch thread count for every test, whatever the machine's load: float results depend on the
+# thread count, so a test's outcome must not. Subprocesses started by tests get the same through the
+# environment. Tests that are about thread counts set theirs explicitly, in their own processes.
+TORCH_THREADS = 1
 torch.set_num_threads(TORCH_THREADS)
+os.environ["OMP_NUM_THREADS"] = str(TORCH_THREADS)
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 REPO_ROOT = Path(__file__).resolve().parents[1]

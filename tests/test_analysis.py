@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from blm_lab.analysis import (analyze_bytes, byte_histogram, byte_label, empirical_entropy, entropy_table,
-                              next_byte_table, plot_byte_histogram, plot_next_byte, plot_surprisal,
-                              plot_surprisal_text, plot_surprisal_vs_entropy, preview, save_figure, surprisal_html,
-                              text_preview)
+from blm_lab.analysis import byte_histogram, empirical_entropy, entropy_table, preview, text_preview
+from blm_lab.data import byte_label
+from blm_lab.scoring import analyze_bytes, next_byte_table
+from blm_lab.viz.figures import (plot_byte_histogram, plot_next_byte, plot_surprisal, plot_surprisal_text,
+                                 plot_surprisal_vs_entropy, save_figure)
+from blm_lab.viz.html import surprisal_html
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
 
 TEXT = b"Hello <world> & friends!\n\tcode: x = a & b < c\n" + bytes([0, 200, 255]) + b" the end of the text."

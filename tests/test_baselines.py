@@ -20,11 +20,11 @@ from blm_lab.baselines import (
     ZstdDictCompressor,
     classic_compressors,
     compare,
-    plot_bits_per_byte,
     table_markdown,
 )
 from blm_lab.data import split_bytes
 from blm_lab.errors import BlmError
+from blm_lab.viz.figures import plot_bits_per_byte
 
 TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
 
@@ -106,13 +106,6 @@ def test_compare_reports_every_pair_with_the_documented_columns(tmp_path):
     assert row.ratio == pytest.approx(row.original_bytes / row.compressed_bytes)
     assert row.compress_s > 0 and row.decompress_s > 0
     assert (df[df.file == "text"].bits_per_byte < 4).all()  # small vocabulary: every compressor finds it
-
-    # The same from a list of paths, labelled by file name.
-    path = tmp_path / "play.txt"
-    path.write_bytes(files["text"])
-    from_paths = compare([path], [CLASSIC_COMPRESSORS["zstd-19"]], progress=False)
-    assert list(from_paths["file"]) == ["play.txt"]
-    assert from_paths["compressed_bytes"].iloc[0] == row_for(df, "text", "zstd-19").compressed_bytes
 
 
 def row_for(df, file, compressor):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blm_lab import runner
+from blm_lab.workbench import runner
 from blm_lab.checkpoint import save_checkpoint
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
 from conftest import REPO_ROOT
@@ -56,9 +56,17 @@ def api(base: str, token: str, path: str, method: str = "GET"):
 @pytest.fixture
 def lab(tmp_path):
     """JupyterLab serving tmp_path/root (a parameterized copy of the entropy notebook); yields (url, token, root)."""
-    pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    missing = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = "playwright (python) is not installed: pip install -e '.[test]'"
     if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+        missing = f"{CHROMIUM} is missing: `make test` installs it where it can (sudo apt-get install chromium)"
+    if missing and os.environ.get("BLM_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"the browser test must run here (BLM_REQUIRE_BROWSER=1) but {missing}")
+    if missing:
+        pytest.skip(missing)
     import papermill as pm
 
     root, home, run_dir = tmp_path / "root", tmp_path / "home", tmp_path / "run"
@@ -68,7 +76,7 @@ def lab(tmp_path):
     checkpoint = save_checkpoint(tmp_path / "tiny.pt", {"config": config.to_dict(),
                                                         "model_state": BytesGPT(config).state_dict()})
     # papermill's prepare_only writes the copy with an injected-parameters cell and no outputs
-    pm.execute_notebook(str(runner.NOTEBOOK_DIR / NOTEBOOK), str(root / NOTEBOOK), prepare_only=True,
+    pm.execute_notebook(str(runner.notebooks_dir() / NOTEBOOK), str(root / NOTEBOOK), prepare_only=True,
                         kernel_name=runner.ensure_kernel(), progress_bar=False,
                         parameters={"checkpoint": str(checkpoint), "text": TEXT, "run_dir": str(run_dir),
                                     "device": "cpu"})

@@ -35,7 +35,7 @@ def test_original_seed_flags(corpus_dir, tmp_path):
     n_train = int(sum(p.stat().st_size for p in corpus_dir.iterdir()) * 0.9)
     steps_per_epoch = ((n_train - 17) // 16 + 1) // 8
     assert steps == math.ceil(0.05 * steps_per_epoch)
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "metrics.jsonl", "result.json"]
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["config"]["block_size"] == 16 and ckpt["config"]["n_layer"] == 2 and ckpt["config"]["n_embd"] == 32
     train_config = ckpt["train_config"]

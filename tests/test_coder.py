@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blm_lab import coder
-from blm_lab.coder import (
+from blm_lab.codec import coder
+from blm_lab.codec.coder import (
     PRECISION,
     BatchDecoder,
     BatchEncoder,

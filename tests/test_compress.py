@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import blm_lab
-from blm_lab import container
+from blm_lab.codec import container
 from blm_lab.checkpoint import save_checkpoint
-from blm_lab.compress import (CompressionError, compress, compress_with_stats, decompress, default_segment_bytes,
-                              estimate_bits, model_fingerprint)
-from blm_lab.container import ContainerError
+from blm_lab.codec.neural import compress, compress_with_stats, decompress, default_segment_bytes, model_fingerprint
+from blm_lab.errors import CompressionError, ContainerError
+from blm_lab.scoring import window_bits
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -91,7 +91,7 @@ def test_long_input_past_block_size_rolls_the_cache(trained_model):
     assert decompress(blob, trained_model) == data
     assert stats.bits_per_byte < 4.0  # the model learnt the text; the cache keeps its context past block_size
     # the coder's ideal bits (one step at a time) equal the full-sequence estimate within float rounding
-    assert stats.ideal_bits == pytest.approx(estimate_bits(data, trained_model, segment_bytes=len(data)), rel=1e-4)
+    assert stats.ideal_bits == pytest.approx(window_bits(data, trained_model, segment_bytes=len(data)), rel=1e-4)
 
 
 def test_sizes_are_the_real_file_and_overhead_is_small(trained_model):
@@ -192,10 +192,11 @@ def test_different_compute_setting_is_refused_unless_forced(model):
 
 # ----------------------------------------------------------------------------- the CLI
 
+BLM_LAB = Path(sys.executable).parent / "blm-lab"  # the console script pip installed beside this interpreter
+
+
 def _cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run([sys.executable, "-m", "blm_lab", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=120)
+    return subprocess.run([str(BLM_LAB), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 @pytest.fixture(scope="module")

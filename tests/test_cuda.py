@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from blm_lab.compress import CompressionError, compress, decompress
+from blm_lab.codec.neural import compress, decompress
+from blm_lab.errors import CompressionError
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
-from blm_lab.train import TrainConfig, train
+from blm_lab.training.config import TrainConfig
+from blm_lab.training.loop import train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

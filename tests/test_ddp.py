@@ -47,7 +47,7 @@ def test_both_ranks_end_with_identical_weights(ddp_runs):
 @pytest.mark.slow
 def test_only_rank_zero_writes_and_loss_falls(ddp_runs):
     out = ddp_runs / "out2"
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl", "result.json"]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # one writer: evaluations at step 6 and 12, not twice each
     history = torch.load(ddp_runs / "w2" / "result0.pt", weights_only=True)["history"]

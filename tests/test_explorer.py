@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from blm_lab.analysis import analyze_bytes, next_byte_table
-from blm_lab.explorer import EntropyExplorer, make_explorer, save_static_views
+from blm_lab.scoring import analyze_bytes, next_byte_table
+from blm_lab.viz.explorer import EntropyExplorer, make_explorer, save_static_views
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
 
 TEXT = "the cat sat on the mat <&> and the dog sat on the log\n" * 3
@@ -94,7 +94,7 @@ def test_analyze_new_text_resets_the_slider(model, tmp_path):
     assert "first 100 of 1,024" in explorer.status.value
     explorer.file.value = str(tmp_path / "missing.txt")
     explorer.analyze_button.click()
-    assert "no such file" in explorer.status.value and len(explorer.analysis) == 100
+    assert "not found" in explorer.status.value and len(explorer.analysis) == 100
 
 
 def test_long_input_shows_a_window_around_the_position(model):

@@ -3,9 +3,9 @@
 import dataclasses
 
 from blm_lab.gpt import BytesGPTConfig
-from blm_lab.notebook_helpers import torchrun_command, training_processes
-from blm_lab.train import TrainConfig
-from blm_lab.train_bytes import build_parser, configs_from_args
+from blm_lab.train_bytes import build_parser
+from blm_lab.training.config import TrainConfig, configs_from_args
+from blm_lab.training.launch import torchrun_command, training_processes
 
 
 def test_cpu_falls_back_to_one_process():

@@ -9,21 +9,21 @@ from __future__ import annotations
 import ast
 import json
 import math
-import shutil
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
-from blm_lab import notebook_helpers as nh
-from blm_lab import runner
 from blm_lab.baselines import classic_compressors
 from blm_lab.checkpoint import load_checkpoint
 from blm_lab.data import load_corpus
+from blm_lab.viz.figures import plot_sweep
+from blm_lab.workbench import runner
+from blm_lab.workbench.rundir import RunDir
 from conftest import write_text_corpus
 
-NOTEBOOK_PATHS = [runner.NOTEBOOK_DIR / name for name in runner.NOTEBOOKS]
+NOTEBOOK_PATHS = [runner.notebooks_dir() / name for name in runner.NOTEBOOKS]
 
 # A model and corpus small enough that the four notebooks take ~30 s together on one core.
 TINY_PARAMS = {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 8, "max_steps": 20,
@@ -100,18 +100,18 @@ def test_every_notebook_executed(pipeline):
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(c.execution_count for c in code), f"{name}: not every cell ran"
         assert not any(o.output_type == "error" for c in code for o in c.outputs)
-    assert set(summary["timings_s"]) >= {Path(n).stem for n in runner.NOTEBOOKS} | {"total", "training"}
-    assert json.loads((run_dir / runner.SUMMARY_FILE).read_text()) == json.loads(json.dumps(summary))
+    assert set(summary.timings_s) >= {Path(n).stem for n in runner.NOTEBOOKS} | {"total", "training"}
+    assert RunDir(run_dir).summary() == summary
 
 
 def test_data_prep_writes_manifest_and_split(pipeline, corpus_dir):
     run_dir, summary = pipeline
-    manifest = json.loads((run_dir / nh.MANIFEST_FILE).read_text())
+    manifest = json.loads((run_dir / RunDir.MANIFEST).read_text())
     expected = load_corpus(str(corpus_dir)).manifest()
     assert manifest == json.loads(json.dumps(expected))
-    info = json.loads((run_dir / nh.CORPUS_FILE).read_text())
-    assert (info["data_dir"], info["val_fraction"], info["block_size"]) == (str(corpus_dir), 0.1, 32)
-    assert info["train_bytes"] + info["val_bytes"] == info["total_bytes"] == summary["corpus_bytes"]
+    info = RunDir(run_dir).corpus_record()
+    assert (info.data_dir, info.val_fraction, info.block_size) == (str(corpus_dir), 0.1, 32)
+    assert info.train_bytes + info.val_bytes == info.total_bytes == summary.corpus.total_bytes
     # the notebook shows the manifest, the entropy table and the classic compressors as tables
     html = "".join(o.get("data", {}).get("text/html", "") for c in read(run_dir / "01_data_prep.ipynb").cells
                    if c.cell_type == "code" for o in c.outputs)
@@ -120,19 +120,19 @@ def test_data_prep_writes_manifest_and_split(pipeline, corpus_dir):
 
 def test_training_writes_a_checkpoint_that_loads(pipeline):
     run_dir, summary = pipeline
-    model, ckpt = load_checkpoint(run_dir / nh.CHECKPOINT)
+    model, ckpt = load_checkpoint(RunDir(run_dir).checkpoint())
     assert (model.config.n_layer, model.config.n_embd, model.config.block_size) == (1, 32, 32)
-    train = json.loads((run_dir / nh.TRAIN_FILE).read_text())
-    assert train["steps"] == 20 and train["num_params"] == model.num_params()
-    assert train["device_info"]["device"] == "cpu"
-    assert 0 < summary["val_bits_per_byte"] < 8.5 and summary["training"]["steps"] == 20
+    train = RunDir(run_dir).train_record()
+    assert train.steps == 20 and train.num_params == model.num_params()
+    assert train.device_info["device"] == "cpu"
+    assert 0 < summary.training.final_val_bpb < 8.5 and summary.training.steps == 20
     records = [json.loads(line) for line in (run_dir / "checkpoint" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20]
 
 
 def test_every_figure_is_saved(pipeline):
     run_dir, _ = pipeline
-    figures = run_dir / nh.FIGURES
+    figures = run_dir / RunDir.FIGURES
     expected = ["byte_histogram", "classic_bits_per_byte", "loss_curve", "surprisal_vs_entropy", "surprisal_rolling",
                 "next_byte", "bits_per_byte", "explorer/surprisal", "explorer/surprisal_text"]
     for name in expected:
@@ -163,15 +163,16 @@ def test_compression_table_has_every_compressor_verified(pipeline):
     table = pd.read_csv(run_dir / "compression.csv")
     names = set(classic_compressors()) | {"zstd-19+dict", "blm"}
     assert set(table["compressor"]) == names
-    assert table["verified"].all() and summary["all_round_trips_verified"]
+    assert table["verified"].all() and summary.all_round_trips_verified
     assert (table["original_bytes"] == TINY_PARAMS["max_bytes"]).all()
     blm = table[table["compressor"] == "blm"].iloc[0]
     assert math.isfinite(blm["ideal_bits_per_byte"]) and blm["bits_per_byte"] >= blm["ideal_bits_per_byte"]
     assert blm["adjusted_bits_per_byte"] > blm["bits_per_byte"]
     markdown = (run_dir / "compression.md").read_text()
     assert all(name in markdown for name in names)
-    assert set(summary["compressed_bits_per_byte"]) == names
-    assert summary["compressed_bits_per_byte"]["blm"] == pytest.approx(blm["bits_per_byte"])
+    assert set(summary.compressed_bits_per_byte) == names
+    assert summary.compressed_bits_per_byte["blm"] == pytest.approx(blm["bits_per_byte"])
+    assert summary.neural.adjusted_bits_per_byte == pytest.approx(blm["adjusted_bits_per_byte"])
 
 
 # ----------------------------------------------------------------------------- a sweep over two tiny models
@@ -179,20 +180,17 @@ def test_compression_table_has_every_compressor_verified(pipeline):
 @pytest.mark.slow  # about 30 s: two kernels per point
 def test_sweep_two_points(pipeline, tmp_path):
     run_dir, _ = pipeline
-    # the corpus description from the pipeline run stands in for 01 (the sweep runs 01 only when it is missing)
-    (tmp_path / "sweep" / "data").mkdir(parents=True)
-    for name in (nh.CORPUS_FILE, nh.MANIFEST_FILE):
-        shutil.copy2(run_dir / name, tmp_path / "sweep" / "data" / name)
     params = {k: v for k, v in TINY_PARAMS.items() if k != "n_embd"}
-    table = runner.sweep({"n_embd": [16, 32]}, {**params, "max_steps": 10, "data_dir": json.loads(
-        (run_dir / nh.CORPUS_FILE).read_text())["data_dir"]}, root=tmp_path / "sweep", progress=False)
+    table = runner.sweep({"n_embd": [16, 32]}, {**params, "max_steps": 10, "data_dir": RunDir(run_dir).corpus_record().data_dir},
+                         root=tmp_path / "sweep", progress=False)
     assert list(table["n_embd"]) == [16, 32]
     assert table["num_params"].is_monotonic_increasing
     assert (table["steps"] == 10).all() and table["blm_bits_per_byte"].notna().all()
     root = tmp_path / "sweep"
     assert pd.read_csv(root / "sweep.csv").shape[0] == 2
     assert "n_embd" in (root / "sweep.md").read_text()
-    assert (root / "sweep.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (root / "data" / RunDir.CORPUS).is_file()  # 01 ran once, for every point
+    assert plot_sweep(table, runner.varying_columns(table)).axes[0].get_xlabel() == "parameters"
     for point in ("n_embd=16", "n_embd=32"):
         assert (root / point / "02_train_gpu.ipynb").is_file() and (root / point / "compression.csv").is_file()
         assert not (root / point / "03_entropy_visualization.ipynb").exists()

@@ -6,9 +6,13 @@ import sys
 
 import pytest
 
-from blm_lab import cli, runner
-from blm_lab import notebook_helpers as nh
-from blm_lab.errors import BlmError
+from blm_lab import cli
+from blm_lab.data import load_corpus
+from blm_lab.errors import BlmError, NotebookError
+from blm_lab.training.config import WORKBENCH_CPU_EVAL_INTERVAL, WORKBENCH_CPU_TIME_BUDGET_S, workbench_configs
+from blm_lab.viz.figures import LiveLossPlot
+from blm_lab.workbench import runner
+from blm_lab.workbench.rundir import RunDir
 
 
 @pytest.mark.parametrize("text, value", [
@@ -86,7 +90,7 @@ def test_ensure_kernel_installs_when_missing(monkeypatch):
 
 
 def test_notebook_error_message():
-    error = runner.NotebookError("02_train_gpu.ipynb", 5, "ValueError", "bad value\nmore lines")
+    error = NotebookError("02_train_gpu.ipynb", 5, "ValueError", "bad value\nmore lines")
     assert str(error) == "notebook 02_train_gpu.ipynb failed in cell 5: ValueError: bad value"
 
 
@@ -112,20 +116,21 @@ def test_run_failing_cell_names_notebook_and_cell(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- notebook helpers
 
-def test_train_configs_use_the_cpu_recipe_with_a_time_budget(tmp_path):
-    train_cfg, model_cfg = nh.train_configs(tmp_path, device="cpu")
+def test_workbench_configs_use_the_cpu_recipe_with_a_time_budget(tmp_path):
+    train_cfg, model_cfg = workbench_configs("cpu", tmp_path / "checkpoint")
     assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.block_size) == (4, 128, 128)
-    assert train_cfg.time_budget == nh.CPU_TIME_BUDGET_S and train_cfg.eval_interval == nh.CPU_EVAL_INTERVAL
-    assert not train_cfg.amp and train_cfg.device == "cpu" and train_cfg.save_best
+    assert train_cfg.time_budget == WORKBENCH_CPU_TIME_BUDGET_S and train_cfg.eval_interval == WORKBENCH_CPU_EVAL_INTERVAL
+    assert not train_cfg.amp and train_cfg.device == "cpu"
     assert train_cfg.output_dir == str(tmp_path / "checkpoint")
-    train_cfg, model_cfg = nh.train_configs(tmp_path, device="cpu", n_layer=1, n_embd=32, block_size=16,
-                                            max_steps=20, time_budget=5, lr=1e-2)
-    assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.block_size) == (1, 32, 16)
+    train_cfg, model_cfg = workbench_configs("cpu", tmp_path, dict(n_layer=1, n_embd=32, block_size=16, n_head=None),
+                                             dict(max_steps=20, time_budget=5, lr=1e-2, amp=True))
+    assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.block_size, model_cfg.n_head) == (1, 32, 16, 4)
     assert (train_cfg.max_steps, train_cfg.time_budget, train_cfg.lr, train_cfg.warmup_steps) == (20, 5, 1e-2, 2)
+    assert not train_cfg.amp  # mixed precision is for CUDA only
 
 
 def test_live_loss_plot_redraws_and_saves(tmp_path):
-    curve = nh.LiveLossPlot("test")
+    curve = LiveLossPlot("test")
     assert "waiting" in curve.ax.get_title()
     curve({"step": 10, "train_bpb": 6.0, "val_bpb": 6.5})
     curve({"step": 20, "train_bpb": None, "val_bpb": 6.0})
@@ -136,31 +141,29 @@ def test_live_loss_plot_redraws_and_saves(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_corpus_info_round_trip_and_change_detection(tmp_path, corpus_dir, monkeypatch):
+def test_corpus_record_round_trip_and_change_detection(tmp_path, corpus_dir, monkeypatch):
     monkeypatch.chdir(corpus_dir.parent)
-    corpus = nh.load_data(corpus_dir.name)
-    info = nh.save_corpus_info(tmp_path, corpus, corpus_dir.name, 0.1, 32)
-    assert info["data_dir"] == str(corpus_dir)  # stored absolute: later notebooks may run elsewhere
+    corpus = load_corpus(corpus_dir.name)
+    run = RunDir(tmp_path)
+    record = run.write_corpus(corpus, corpus_dir.name, 0.1, 32)
+    assert record.data_dir == str(corpus_dir)  # stored absolute: later notebooks may run elsewhere
     monkeypatch.chdir(tmp_path)
-    loaded, loaded_info = nh.load_run_corpus(tmp_path)
-    assert loaded_info == info and loaded.manifest()["sha256"] == corpus.manifest()["sha256"]
-    assert nh.compression_inputs(tmp_path)["validation split"] == corpus.split(0.1)[1].tobytes()
-    assert len(nh.compression_inputs(tmp_path, max_bytes=100)["validation split"]) == 100
+    loaded, loaded_record = RunDir(tmp_path).load_corpus()
+    assert loaded_record == record and loaded.manifest()["sha256"] == corpus.manifest()["sha256"]
+    assert run.compression_inputs()["validation split (held out)"] == corpus.split(0.1)[1].tobytes()
+    assert len(run.compression_inputs(max_bytes=100)["validation split (held out)"]) == 100
     (corpus_dir / "part0.txt").write_text("changed")
     with pytest.raises(BlmError, match="changed since 01_data_prep ran"):
-        nh.load_run_corpus(tmp_path)
+        run.load_corpus()
     with pytest.raises(BlmError, match="run 01_data_prep.ipynb first"):
-        nh.load_run_corpus(tmp_path / "elsewhere")
+        RunDir(tmp_path / "elsewhere").load_corpus()
     with pytest.raises(BlmError, match="block_size"):
-        nh.save_corpus_info(tmp_path, corpus, str(corpus_dir), 0.001, 32)
+        run.write_corpus(corpus, str(corpus_dir), 0.001, 32)
 
 
-def test_compressor_registry_on_a_small_training_split(tiny_config):
-    from blm_lab.gpt import BytesGPT
+def test_primed_compressors_need_enough_training_bytes():
+    from blm_lab.baselines import primed_compressors
 
-    model = BytesGPT(tiny_config)
-    registry = nh.compressor_registry(model, b"the quick brown fox jumps over the lazy dog\n" * 500, segments=2)
-    assert list(registry)[-2:] == ["zstd-19+dict", "blm"]
-    assert registry["blm"].segments == 2
-    tiny = nh.compressor_registry(model, b"abc" * 10)
-    assert "zstd-19+dict" not in tiny and "blm" in tiny
+    primed = primed_compressors(b"the quick brown fox jumps over the lazy dog\n" * 500)
+    assert list(primed) == ["zstd-19+dict"]
+    assert primed_compressors(b"abc" * 10) == {}

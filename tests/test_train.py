@@ -15,7 +15,9 @@ from blm_lab.checkpoint import load_checkpoint
 from blm_lab.data import load_corpus
 from blm_lab.errors import CorpusError
 from blm_lab.gpt import BytesGPT
-from blm_lab.train import TrainConfig, bits_per_byte, evaluate_bpb, lr_at, train
+from blm_lab.scoring import bits_per_byte
+from blm_lab.training.config import TrainConfig
+from blm_lab.training.loop import estimate_loss, get_lr, train
 
 METRIC_FIELDS = {"step", "epoch", "train_bpb", "val_bpb", "tokens_per_s", "lr", "elapsed_s"}
 
@@ -28,7 +30,7 @@ def untrained_val_bpb(cfg: TrainConfig, model_cfg) -> float:
     torch.manual_seed(cfg.seed)  # train() seeds the same way before building its model
     model = BytesGPT(model_cfg)
     _, val = load_corpus(cfg.dataset).split(cfg.val_fraction)
-    return evaluate_bpb(model, val, model_cfg.block_size, cfg.batch_size, torch.device("cpu"))
+    return estimate_loss(model, val, model_cfg.block_size, cfg.batch_size, torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- it learns and it logs
@@ -46,7 +48,7 @@ def test_short_cpu_run_lowers_validation_bits_per_byte(make_train_config, tiny_c
     # the saved best model really has the reported validation score
     model, ckpt = load_checkpoint(Path(cfg.output_dir) / "best.pt")
     _, val = load_corpus(cfg.dataset).split()
-    assert evaluate_bpb(model, val, 16, 8, torch.device("cpu")) == pytest.approx(result.best_val_bpb, abs=1e-4)
+    assert estimate_loss(model, val, 16, 8, torch.device("cpu")) == pytest.approx(result.best_val_bpb, abs=1e-4)
 
 
 def test_metrics_jsonl_has_the_documented_fields(make_train_config, tiny_config):
@@ -118,7 +120,7 @@ def test_resume_continues_from_the_saved_step(make_train_config, tiny_config, tm
 def test_resume_after_an_interrupted_checkpoint_keeps_metrics_consistent(make_train_config, tiny_config, monkeypatch):
     """Ctrl-C while a checkpoint is written: the metrics record of that evaluation is already in metrics.jsonl,
     but last.pt is still the previous one. Resuming must leave a log that matches the resumed history."""
-    train_mod = sys.modules["blm_lab.train"]  # `import blm_lab.train` gives the function: __init__ re-exports train()
+    train_mod = sys.modules["blm_lab.training.loop"]
 
     real_save = train_mod.save_checkpoint
 
@@ -152,7 +154,7 @@ def test_resume_with_another_model_config_is_refused(make_train_config, tiny_con
 def test_save_best_writes_only_best_pt(make_train_config, tiny_config):
     cfg = make_train_config(max_steps=4, eval_interval=2, save_best=True)
     train(cfg, tiny_config)
-    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == ["best.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == ["best.pt", "metrics.jsonl", "result.json"]
 
 
 # ----------------------------------------------------------------------------- learning-rate schedule
@@ -161,14 +163,14 @@ def test_save_best_writes_only_best_pt(make_train_config, tiny_config):
 def test_lr_warmup_then_cosine_to_min_lr():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10)
     # linear warmup reaching the peak on the last warmup step
-    assert [lr_at(cfg, s, 0.0) for s in range(10)] == pytest.approx([1e-4 * (s + 1) for s in range(10)])
-    assert lr_at(cfg, 10, 0.0) == pytest.approx(1e-3)
-    assert lr_at(cfg, 10, 0.5) == pytest.approx(5.5e-4)
-    assert lr_at(cfg, 10, 1.0) == pytest.approx(1e-4)
-    assert lr_at(cfg, 10, 2.0) == pytest.approx(1e-4)  # past the end it stays at min_lr
-    decay = [lr_at(cfg, 10, p / 20) for p in range(21)]
+    assert [get_lr(cfg, s, 0.0) for s in range(10)] == pytest.approx([1e-4 * (s + 1) for s in range(10)])
+    assert get_lr(cfg, 10, 0.0) == pytest.approx(1e-3)
+    assert get_lr(cfg, 10, 0.5) == pytest.approx(5.5e-4)
+    assert get_lr(cfg, 10, 1.0) == pytest.approx(1e-4)
+    assert get_lr(cfg, 10, 2.0) == pytest.approx(1e-4)  # past the end it stays at min_lr
+    decay = [get_lr(cfg, 10, p / 20) for p in range(21)]
     assert decay == sorted(decay, reverse=True)
-    assert lr_at(cfg, 50, 0.25) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi / 4)) * 9e-4)
+    assert get_lr(cfg, 50, 0.25) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi / 4)) * 9e-4)
 
 
 def test_lr_schedule_used_by_training(make_train_config, tiny_config):

@@ -1,6 +1,6 @@
 """An ipywidgets explorer of a model's per-byte surprisal (notebook 03), and its static twin for headless runs.
 
-``make_explorer(model, text=...)`` analyses the text once (``analysis.analyze_bytes``) and shows:
+``make_explorer(model, text=...)`` analyses the text once (``scoring.analyze_bytes``) and shows:
 the text coloured by surprisal with the current byte outlined, a slider over byte positions, the
 bar chart of the model's top-k guesses for the byte at that position, and a line with the byte, its
 surprisal and the entropy of its prediction. Moving a slider only redraws; "Analyze" re-runs the
@@ -22,9 +22,12 @@ from pathlib import Path
 import ipywidgets as widgets
 import numpy as np
 
-from .analysis import (ByteAnalysis, analyze_bytes, byte_label, plot_next_byte, plot_surprisal, plot_surprisal_text,
-                       save_figure, surprisal_html)
-from .errors import BlmError
+from ..data import byte_label
+from ..errors import BlmError, PathError
+from ..files import atomic_write, check_input_file
+from ..scoring import ByteAnalysis, analyze_bytes
+from .figures import plot_next_byte, plot_surprisal, plot_surprisal_text, save_figure
+from .html import surprisal_html
 
 __all__ = ["EntropyExplorer", "make_explorer", "save_static_views", "html_window", "DEFAULT_TEXT"]
 
@@ -120,11 +123,12 @@ class EntropyExplorer:
         """(bytes to analyse, where they came from, total size before the max_bytes cut)."""
         path = self.file.value.strip()
         if path:
-            p = Path(path).expanduser()
-            if not p.is_file():
-                raise BlmError(f"no such file: {path!r}; check the path, or clear the file field to analyse the text")
-            with open(p, "rb") as f:
-                data = f.read() if self.max_bytes is None else f.read(self.max_bytes)
+            p = check_input_file(path, "file")
+            try:
+                with open(p, "rb") as f:
+                    data = f.read() if self.max_bytes is None else f.read(self.max_bytes)
+            except OSError as exc:
+                raise PathError(f"cannot read file {str(p)!r}: {exc.strerror or exc}") from None
             return data, str(p), p.stat().st_size
         data = self.text.value.encode("utf-8")
         return data, "text", len(data)
@@ -134,7 +138,7 @@ class EntropyExplorer:
         try:
             data, source, total = self._read_source()
             analysis = analyze_bytes(self.model, data, max_bytes=self.max_bytes, device=self.device)
-        except (BlmError, ValueError, OSError) as exc:
+        except BlmError as exc:
             self.status.value = f'<span style="color:#b00">cannot analyse: {html.escape(str(exc))}</span>'
             return None
         first = self.analysis is None
@@ -263,7 +267,8 @@ def save_static_views(explorer_or_analysis, out_dir: str | os.PathLike, position
     start = html_window(len(analysis), position, HTML_WINDOW)
     body = surprisal_html(analysis, start=start, length=HTML_WINDOW, vmax=vmax, highlight=position)
     html_path = out_dir / "surprisal_text.html"
-    html_path.write_text(f'<!doctype html>\n<html><head><meta charset="utf-8"><title>surprisal</title></head>'
-                         f"<body>{body}</body></html>\n", encoding="utf-8")
+    page = (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>surprisal</title></head>'
+            f"<body>{body}</body></html>\n")
+    atomic_write(html_path, lambda f: f.write(page.encode("utf-8")))
     paths.append(html_path)
     return paths

@@ -30,14 +30,10 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .errors import BlmError
+from ..errors import ContainerError
 
 MAGIC = b"BLMZ"
 FORMAT_VERSION = 1
-
-
-class ContainerError(BlmError):
-    """The file is not a blm_lab compressed file, or it is corrupted or truncated."""
 
 
 @dataclass

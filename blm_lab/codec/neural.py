@@ -4,8 +4,8 @@ The input is cut into segments that are coded as independent streams, advanced i
 ``model.step`` call predicts the next byte of every segment at once, one ``BatchEncoder.encode``
 call codes them. The decoder runs *the identical computation*: the same step() calls with the same
 batch shape on the same device and dtype, so its probabilities are bit-identical to the encoder's.
-Floating point makes anything else unsafe; a faster full-sequence pass (``estimate_bits``) may
-estimate sizes but never produces the code.
+Floating point makes anything else unsafe; a faster full-sequence pass (``scoring.window_bits``)
+may estimate sizes but never produces the code.
 
 Every segment's first byte is coded with the uniform distribution (there is no context yet); each
 later byte with the model's prediction from the rolling KV cache, which always holds the last
@@ -24,35 +24,48 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import CompressionError, ConfigError, ContainerError, StreamError
 from . import container
-from .coder import PRECISION, BatchDecoder, BatchEncoder, quantize
-from .errors import BlmError
-from .gpt import encode
+from .coder import PRECISION, BatchDecoder, BatchEncoder, ideal_bits, quantize
 
 MAX_STREAMS = 256  # default segmentation: at most this many lock-step streams ...
 MIN_SEGMENT_BYTES = 4096  # ... each at least this long (shorter segments lose too much context)
 
 
-class CompressionError(BlmError):
-    """The file cannot be decompressed with this model / setting, or it is damaged."""
-
-
 @dataclass
 class CompressionStats:
+    """What one compression or decompression measured. Sizes are bytes actually written (or read)."""
+
     original_bytes: int
-    compressed_bytes: int
-    bits_per_byte: float
-    ideal_bits: float  # -sum log2 p(x) under the model's float probabilities, before quantisation and coding
-    overhead_percent: float  # compressed bits over ideal_bits, header and flush included
+    compressed_bytes: int  # the whole container: header, segment table and streams
+    ideal_bits: float  # -sum log2(freq / 2**precision) of the coded bytes: the coder's target, header excluded
     seconds: float
-    bytes_per_second: float
-    segments: int
+    segments: int  # lock-step streams
     segment_bytes: int
     model_seconds: float  # time in model.step + softmax
     coder_seconds: float  # time in quantise + arithmetic coding
 
+    @property
+    def bits_per_byte(self) -> float:
+        return 8 * self.compressed_bytes / self.original_bytes if self.original_bytes else 0.0
+
+    @property
+    def overhead_percent(self) -> float:
+        """The container's bits over ``ideal_bits``: header, segment table, flush and coder rounding."""
+        return 100 * (8 * self.compressed_bytes - self.ideal_bits) / self.ideal_bits if self.ideal_bits else 0.0
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.original_bytes / self.seconds if self.seconds else 0.0
+
+    @property
+    def coder_share_percent(self) -> float:
+        return 100 * self.coder_seconds / self.seconds if self.seconds else 0.0
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The measured fields and the figures derived from them, JSON-ready."""
+        return {**asdict(self), "bits_per_byte": self.bits_per_byte, "overhead_percent": self.overhead_percent,
+                "bytes_per_second": self.bytes_per_second, "coder_share_percent": self.coder_share_percent}
 
 
 # ----------------------------------------------------------------------------- fingerprints and settings
@@ -78,14 +91,14 @@ def default_segment_bytes(n: int, max_streams: int = MAX_STREAMS, min_segment: i
 
 def _segment_bytes(n: int, segments: int | None, segment_bytes: int | None) -> int:
     if segments is not None and segment_bytes is not None:
-        raise ValueError("give segments or segment_bytes, not both")
+        raise ConfigError("give segments or segment_bytes, not both")
     if segments is not None:
         if segments < 1:
-            raise ValueError(f"segments must be at least 1, got {segments}")
+            raise ConfigError(f"segments must be at least 1, got {segments}")
         return max(1, math.ceil(n / segments))
     if segment_bytes is not None:
         if segment_bytes < 1:
-            raise ValueError(f"segment_bytes must be at least 1, got {segment_bytes}")
+            raise ConfigError(f"segment_bytes must be at least 1, got {segment_bytes}")
         return segment_bytes
     return default_segment_bytes(n)
 
@@ -96,7 +109,7 @@ def _segment_bytes(n: int, segments: int | None, segment_bytes: int | None) -> i
 class _LoopTimes:
     model_seconds: float = 0.0  # model.step + softmax
     coder_seconds: float = 0.0  # quantise + arithmetic coding
-    ideal_bits: float = 0.0  # -sum log2 p(x) under the float probabilities that were quantised
+    ideal_bits: float = 0.0  # -sum log2(freq / 2**precision) of the coded bytes
 
 
 def _lockstep(model, lengths: np.ndarray, code, label: str, progress: bool) -> tuple[np.ndarray, _LoopTimes]:
@@ -112,29 +125,30 @@ def _lockstep(model, lengths: np.ndarray, code, label: str, progress: bool) -> t
     steps = int(lengths.max())
     p = next(model.parameters())
     cache = model.new_cache(B, device=p.device, dtype=p.dtype)
-    times = _LoopTimes(ideal_bits=8.0 * B)
+    times = _LoopTimes()
     symbols = np.zeros((B, steps), dtype=np.int64)
-    rows = np.arange(B)
     bar = tqdm(total=int(lengths.sum()), desc=label, unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+
+    def code_step(pos: int, freqs: np.ndarray) -> None:
+        t = time.perf_counter()
+        active = lengths > pos
+        symbols[:, pos] = code(freqs, active)
+        times.coder_seconds += time.perf_counter() - t
+        times.ideal_bits += ideal_bits(freqs[active], symbols[active, pos])
+        bar.update(int(active.sum()))
+
     model.eval()
-    t = time.perf_counter()
-    symbols[:, 0] = code(_uniform_freqs(B), lengths > 0)
-    times.coder_seconds += time.perf_counter() - t
-    bar.update(B)
+    code_step(0, _uniform_freqs(B))
     with torch.inference_mode():
         for pos in range(1, steps):
             t = time.perf_counter()
             logits = model.step(torch.from_numpy(symbols[:, pos - 1]).to(p.device), cache)  # (B, 256)
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, 256) float32
             t_coder = time.perf_counter()
-            active = lengths > pos
-            symbols[:, pos] = code(quantize(probs), active)
-            t_end = time.perf_counter()
             times.model_seconds += t_coder - t
-            times.coder_seconds += t_end - t_coder
-            p_actual = probs[rows, symbols[:, pos]][active].astype(np.float64)
-            times.ideal_bits -= float(np.log2(np.maximum(p_actual, 1e-45)).sum())
-            bar.update(int(active.sum()))
+            freqs = quantize(probs)
+            times.coder_seconds += time.perf_counter() - t_coder
+            code_step(pos, freqs)
     bar.close()
     return symbols, times
 
@@ -148,6 +162,12 @@ def _lengths_and_offsets(n: int, segment_bytes: int) -> tuple[np.ndarray, np.nda
     offsets = np.arange(n_segments, dtype=np.int64) * segment_bytes
     lengths = np.minimum(segment_bytes, n - offsets)
     return lengths, offsets
+
+
+def _stats(n: int, blob: bytes, times: _LoopTimes, t_start: float, segments: int, segment_bytes: int) -> CompressionStats:
+    return CompressionStats(original_bytes=n, compressed_bytes=len(blob), ideal_bits=times.ideal_bits,
+                            seconds=time.perf_counter() - t_start, segments=segments, segment_bytes=segment_bytes,
+                            model_seconds=times.model_seconds, coder_seconds=times.coder_seconds)
 
 
 def compress_with_stats(data: bytes, model, *, segments: int | None = None, segment_bytes: int | None = None,
@@ -183,15 +203,7 @@ def compress_with_stats(data: bytes, model, *, segments: int | None = None, segm
         torch_version=setting["torch_version"], segment_bytes=seg, stream_lengths=[len(s) for s in streams],
     )
     blob = container.pack(header, streams)
-    seconds = time.perf_counter() - t_start
-    stats = CompressionStats(
-        original_bytes=n, compressed_bytes=len(blob), bits_per_byte=8 * len(blob) / n if n else 0.0,
-        ideal_bits=times.ideal_bits,
-        overhead_percent=(100 * (8 * len(blob) - times.ideal_bits) / times.ideal_bits) if times.ideal_bits else 0.0,
-        seconds=seconds, bytes_per_second=n / seconds if seconds else 0.0, segments=B, segment_bytes=seg,
-        model_seconds=times.model_seconds, coder_seconds=times.coder_seconds,
-    )
-    return blob, stats
+    return blob, _stats(n, blob, times, t_start, B, seg)
 
 
 def compress(data: bytes, model, *, segments: int | None = None, segment_bytes: int | None = None,
@@ -216,16 +228,6 @@ def check_compatible(header: container.Header, model, allow_compute_mismatch: bo
             "(allow_compute_mismatch=True) to try anyway: the checksum then decides")
 
 
-def _decode_streams(streams: list[bytes], lengths: np.ndarray, n: int, model, progress: bool) -> tuple[bytes, _LoopTimes]:
-    """The decoder's side of the lock-step loop."""
-    if len(lengths) == 0:
-        return b"", _LoopTimes()
-    decoder = BatchDecoder(streams)
-    symbols, times = _lockstep(model, lengths, decoder.decode, "decompress", progress)
-    # every segment but the last is full, so the rows of (B, segment length) laid end to end are the bytes
-    return symbols.astype(np.uint8).reshape(-1)[:n].tobytes(), times
-
-
 def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
                           allow_compute_mismatch: bool = False) -> tuple[bytes, CompressionStats]:
     t_start = time.perf_counter()
@@ -236,52 +238,25 @@ def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
     n, seg = header.original_length, header.segment_bytes
     lengths, _ = _lengths_and_offsets(n, seg)
     if len(lengths) != header.n_segments:
-        raise container.ContainerError("the header is corrupted: segment count does not match the original length")
-    B = len(lengths)
-    try:
-        out, times = _decode_streams(streams, lengths, n, model, progress)
-    except ValueError as exc:  # the coder found an impossible state: only a damaged stream does that
-        raise CompressionError(f"the compressed data is corrupted ({exc}); nothing was written") from None
+        raise ContainerError("the header is corrupted: segment count does not match the original length")
+    out, times = b"", _LoopTimes()
+    if len(lengths):
+        try:
+            symbols, times = _lockstep(model, lengths, BatchDecoder(streams).decode, "decompress", progress)
+        except StreamError as exc:
+            raise CompressionError(f"the compressed data is corrupted ({exc}); nothing was written") from None
+        # every segment but the last is full, so the rows of (B, segment length) laid end to end are the bytes
+        out = symbols.astype(np.uint8).reshape(-1)[:n].tobytes()
     if container.checksum(out) != header.checksum:
         raise CompressionError(
             "checksum mismatch after decoding: the output is not the original. The file is corrupted, or it was "
             "made under a different compute setting; nothing was written")
-    seconds = time.perf_counter() - t_start
-    stats = CompressionStats(
-        original_bytes=n, compressed_bytes=len(blob), bits_per_byte=8 * len(blob) / n if n else 0.0,
-        ideal_bits=times.ideal_bits,
-        overhead_percent=(100 * (8 * len(blob) - times.ideal_bits) / times.ideal_bits) if times.ideal_bits else 0.0,
-        seconds=seconds,
-        bytes_per_second=n / seconds if seconds else 0.0, segments=B, segment_bytes=seg,
-        model_seconds=times.model_seconds, coder_seconds=times.coder_seconds,
-    )
-    return out, stats
+    return out, _stats(n, blob, times, t_start, len(lengths), seg)
 
 
 def decompress(blob: bytes, model, *, progress: bool = False, allow_compute_mismatch: bool = False) -> bytes:
     """Inverse of compress(); raises CompressionError / ContainerError naming the cause, never wrong output."""
     return decompress_with_stats(blob, model, progress=progress, allow_compute_mismatch=allow_compute_mismatch)[0]
-
-
-@torch.no_grad()
-def estimate_bits(data: bytes, model, segment_bytes: int | None = None) -> float:
-    """Fast estimate of -sum log2 p(x) with full-sequence passes (``window_logits``), segment by segment.
-
-    Matches the coder's ideal bits up to float rounding; never used to produce a code.
-    """
-    n = len(data)
-    if n == 0:
-        return 0.0
-    seg = segment_bytes or default_segment_bytes(n)
-    p = next(model.parameters())
-    total = 0.0
-    for start in range(0, n, seg):
-        chunk = encode(data[start:start + seg]).to(p.device)[None, :]
-        total += 8.0
-        if chunk.shape[1] > 1:
-            logp = torch.log_softmax(model.window_logits(chunk[:, :-1]).float(), dim=-1)[0]  # (L-1, V)
-            total -= logp.gather(1, chunk[0, 1:, None]).sum().item() / math.log(2)
-    return total
 
 
 class NeuralCompressor:

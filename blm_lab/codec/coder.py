@@ -57,6 +57,8 @@ import math
 
 import numpy as np
 
+from ..errors import StreamError
+
 PRECISION = 24  # quantized frequencies total exactly 2**PRECISION
 WORD_BITS = 32  # the coder emits and reads 32-bit words
 
@@ -459,9 +461,9 @@ class BatchDecoder:
         scale = range_ >> self._shift
         target = value // scale
         if target.max() >= _U64(1 << self.precision):
-            raise ValueError(
-                "corrupt stream, more symbols decoded than were encoded, "
-                "or freqs/active differ from what the encoder was given"
+            raise StreamError(
+                "impossible code point: a damaged stream, more symbols decoded than were encoded, "
+                "or freqs/active that differ from what the encoder was given"
             )
         decoded, cum, freq, totals = _find_symbols(freqs, target.astype(np.int64))
         if (totals != (1 << self.precision)).any():

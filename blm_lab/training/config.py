@@ -1,0 +1,166 @@
+"""What a training run is: ``TrainConfig``, the named recipes, and the workbench's choice of recipe per device.
+
+``cpu``: 4 layers, 4 heads, 128 wide, block 128, batch 32, peak LR 2e-3 with cosine decay to 2e-4
+over a 10-minute time budget. Measured on the 2-core development machine on tiny-shakespeare
+(nanoGPT's split): 2.199 validation bits per byte after 10.04 minutes, 2080 steps, 14.6k tokens/s
+(benchmarks/bench_train.py; the curve is in the README).
+``gpu``: nanoGPT's shakespeare size (6 layers, 6 heads, 384 wide, block 256) in bf16.
+
+``workbench_configs`` is the training notebook's policy: the recipe of the device found, shortened
+on CPU so that ``make run`` stays within about ten minutes, with the notebook's overrides applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from ..flags import add_arguments, from_namespace
+from ..gpt import BytesGPTConfig
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = field(default="", metadata={"help": "file, directory or comma-separated list; empty = embedded default corpus"})
+    output_dir: str = field(default="checkpoints", metadata={"help": "where best.pt, last.pt, metrics.jsonl and result.json go"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per optimizer step (per micro-step when grad_accum > 1)"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-steps per optimizer step; effective batch = batch_size * grad_accum on any number of processes"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training windows (fractions allowed)"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0 = no limit)"})
+    time_budget: float = field(default=0.0, metadata={"help": "stop after SECONDS of training; the LR schedule then anneals on time (0 = no limit)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate"})
+    min_lr: float = field(default=2e-4, metadata={"help": "learning rate at the end of the cosine decay"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices"})
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)"})
+    stride: int = field(default=0, metadata={"help": "bytes between window starts (0 = block_size)"})
+    val_fraction: float = field(default=0.1, metadata={"help": "last fraction of the bytes used for validation"})
+    eval_interval: int = field(default=250, metadata={"help": "steps between validations (and checkpoints)"})
+    eval_batches: int = field(default=0, metadata={"help": "validation batches per evaluation (0 = the whole validation split)"})
+    seed: int = 1337
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    cpu: bool = field(default=False, metadata={"help": "force CPU (same as --device cpu)"})
+    amp: bool = field(default=False, metadata={"help": "mixed precision on CUDA (bf16, or fp16 with a grad scaler); ignored on CPU"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    save_best: bool = field(default=False, metadata={"help": "keep only best.pt (no last.pt)"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUTPUT_DIR/last.pt (or best.pt)"})
+    force: bool = field(default=False, metadata={"help": "start afresh in a non-empty OUTPUT_DIR, replacing its checkpoints and metrics"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "max_steps", "time_budget", "eval_interval", "eval_batches", "stride", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.epochs == 0 and self.max_steps == 0 and self.time_budget == 0:
+            raise ConfigError("nothing bounds the run: give --epochs, --max-steps or --time-budget")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.resume and self.force:
+            raise ConfigError("--resume continues the run in OUTPUT_DIR and --force replaces it; give one of them")
+
+    @property
+    def device_preference(self) -> str:
+        return "cpu" if self.cpu else self.device
+
+
+TRAIN_DESCRIPTION = "Train a byte-level GPT on any files. Validation loss is reported in bits per byte."
+TRAIN_INTERRUPTED = "interrupted; the last checkpoint written is intact"
+
+MODEL_HELP = {
+    "block_size": "bytes of context (training window and KV-cache length)",
+    "n_layer": "transformer blocks",
+    "n_head": "attention heads",
+    "n_embd": "embedding width",
+    "dropout": "dropout probability",
+    "bias": "use biases in Linear and LayerNorm",
+    "rope_base": "rotary embedding frequency base",
+    "mlp_ratio": "MLP hidden width in multiples of n_embd",
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, defaults: tuple | None = None) -> argparse.ArgumentParser:
+    """The training command's arguments: DATASET, then one flag per field of BytesGPTConfig and TrainConfig.
+
+    ``defaults`` (a (TrainConfig, BytesGPTConfig) pair, e.g. a recipe) replaces the field defaults.
+    """
+    parser.add_argument("dataset", nargs="?", default=None, metavar="DATASET",
+                        help="file, directory or comma-separated list read as raw bytes (default: embedded corpus)")
+    train_defaults, model_defaults = defaults or (None, None)
+    add_arguments(parser, BytesGPTConfig, skip=("vocab_size",), defaults=model_defaults, helps=MODEL_HELP)
+    add_arguments(parser, TrainConfig, skip=("dataset",), defaults=train_defaults)
+    parser.add_argument("--json", action="store_true", help="print a one-line JSON summary at the end")
+    return parser
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, BytesGPTConfig]:
+    """The (TrainConfig, BytesGPTConfig) that ``add_train_arguments`` flags describe."""
+    return from_namespace(TrainConfig, args, dataset=args.dataset or ""), from_namespace(BytesGPTConfig, args)
+
+
+RECIPES: dict[str, tuple[TrainConfig, BytesGPTConfig]] = {
+    "cpu": (
+        TrainConfig(batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.1, beta2=0.99,
+                    epochs=100.0, time_budget=600.0, eval_interval=300, device="cpu"),
+        BytesGPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    ),
+    "gpu": (
+        TrainConfig(batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=200, weight_decay=0.1, beta2=0.99,
+                    epochs=1000.0, time_budget=300.0, eval_interval=250, amp=True, device="cuda"),
+        BytesGPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+    ),
+}
+
+
+def recipe(name: str) -> tuple[TrainConfig, BytesGPTConfig]:
+    """A fresh copy of a named recipe's (TrainConfig, BytesGPTConfig)."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    train_cfg, model_cfg = RECIPES[name]
+    return copy.deepcopy(train_cfg), copy.deepcopy(model_cfg)
+
+
+# The workbench trains on CPU for this long, so that `make run` (all four notebooks) stays within about
+# 10 minutes on a 2-core machine; 01, 03 and 04 take under 2 minutes together.
+WORKBENCH_CPU_TIME_BUDGET_S = 240.0
+WORKBENCH_CPU_EVAL_INTERVAL = 100  # a validation point every ~30-60 s on 2 cores: a curve, not a single dot
+
+
+def workbench_configs(device: str, output_dir: str, model_overrides: dict | None = None,
+                      train_overrides: dict | None = None) -> tuple[TrainConfig, BytesGPTConfig]:
+    """(TrainConfig, BytesGPTConfig) for the training notebook on ``device`` ('cpu', 'cuda', 'cuda:N').
+
+    The ``gpu`` recipe on CUDA; elsewhere the ``cpu`` recipe with a ``WORKBENCH_CPU_TIME_BUDGET_S`` budget.
+    Overrides whose value is None keep the recipe's value. A short ``max_steps`` run still reaches its
+    peak LR (warmup is cut to a tenth of the steps).
+    """
+    on_cuda = device.startswith("cuda")
+    train_cfg, model_cfg = recipe("gpu" if on_cuda else "cpu")
+    if not on_cuda:
+        train_cfg.time_budget, train_cfg.eval_interval = WORKBENCH_CPU_TIME_BUDGET_S, WORKBENCH_CPU_EVAL_INTERVAL
+    model_cfg = dataclasses.replace(model_cfg, **{k: v for k, v in (model_overrides or {}).items() if v is not None})
+    train_cfg = dataclasses.replace(train_cfg, **{k: v for k, v in (train_overrides or {}).items() if v is not None},
+                                    device=device, output_dir=str(output_dir))
+    if not on_cuda:
+        train_cfg.amp = False
+    if train_cfg.max_steps and train_cfg.warmup_steps >= train_cfg.max_steps:
+        train_cfg.warmup_steps = max(1, train_cfg.max_steps // 10)
+    return train_cfg, model_cfg
+
+
+def settings_frame(train_cfg: TrainConfig, model_cfg: BytesGPTConfig):
+    """The settings that shape a run, as a one-column table (the training notebook shows it)."""
+    import pandas as pd
+
+    model_keys = ["n_layer", "n_head", "n_embd", "block_size", "dropout"]
+    train_keys = ["device", "amp", "batch_size", "lr", "min_lr", "warmup_steps", "max_steps", "time_budget",
+                  "eval_interval"]
+    values = {**{k: getattr(model_cfg, k) for k in model_keys}, **{k: getattr(train_cfg, k) for k in train_keys}}
+    return pd.DataFrame({"value": [str(v) for v in values.values()]}, index=list(values))

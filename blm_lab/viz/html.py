@@ -1,0 +1,55 @@
+"""The coloured-text view of per-byte surprisal as HTML (notebook 03 and the explorer)."""
+
+from __future__ import annotations
+
+import html
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..data import byte_label
+from ..scoring import ByteAnalysis
+from .style import NEWLINE, glyph, hex_colour, text_colour
+
+__all__ = ["surprisal_html"]
+
+def surprisal_html(analysis: ByteAnalysis, start: int = 0, length: int = 2000, vmax: float = 8.0, cmap: str = "Reds",
+                   highlight: int | None = None) -> str:
+    """Bytes ``start .. start + length`` as HTML: one ``<span>`` per byte, background darker = more surprising.
+
+    Colour is ``cmap(surprisal / vmax)`` (clipped at vmax bits). Each span's title gives the position,
+    the byte, its surprisal and the entropy of its prediction. Printable ASCII is shown (HTML-escaped),
+    ``\\n`` as '↵' followed by a line break, ``\\t`` as '→', every other byte as '·'. The byte at
+    ``highlight`` (if inside the window) is outlined and carries ``class="blm-hl"``. No other
+    ``<span>`` is emitted, so the span count equals the number of bytes shown.
+    """
+    n = len(analysis)
+    start = max(0, min(int(start), n))
+    end = min(n, start + max(0, int(length)))
+    vmax = max(float(vmax), 1e-9)
+    colormap = plt.get_cmap(cmap)
+    values = analysis.byte_values[start:end]
+    rgba = colormap(np.clip(analysis.surprisal[start:end] / vmax, 0.0, 1.0))  # (L, 4)
+    parts = []
+    for i, (value, colour) in enumerate(zip(values, rgba)):
+        t = start + i
+        value = int(value)
+        title = (f"#{t} byte 0x{value:02x} {byte_label(value)}: {analysis.surprisal[t]:.2f} bits, "
+                 f"entropy {analysis.entropy[t]:.2f} bits")
+        style = f"background:{hex_colour(colour)};color:{text_colour(colour)}"
+        extra = ""
+        if highlight is not None and t == int(highlight):
+            style += ";outline:2px solid #1f77b4;outline-offset:0;position:relative;z-index:1"
+            extra = ' class="blm-hl"'
+        parts.append(f'<span{extra} data-pos="{t}" title="{html.escape(title, quote=True)}" style="{style}">'
+                     f"{html.escape(glyph(value))}</span>")
+        if value == NEWLINE:
+            parts.append("<br>")
+    scale = ", ".join(hex_colour(colormap(f)) for f in np.linspace(0.0, 1.0, 6))
+    header = (f'<div style="font-family:sans-serif;font-size:12px;margin-bottom:4px">bytes {start}&ndash;{max(start, end - 1)} '
+              f"of {n} &middot; mean {analysis.mean_bits_per_byte:.3f} bits/byte &middot; colour: 0 "
+              f'<b style="display:inline-block;width:120px;height:10px;vertical-align:middle;'
+              f'background:linear-gradient(to right, {scale})"></b> {vmax:g} bits</div>')
+    body = ('<div style="font-family:\'DejaVu Sans Mono\',Menlo,Consolas,monospace;font-size:13px;line-height:1.5;'
+            f'white-space:pre-wrap;word-break:break-all">{"".join(parts)}</div>')
+    return f'<div class="blm-surprisal">{header}{body}</div>'
