@@ -33,7 +33,8 @@ FORMAT_VERSION = 2
 VERSION_1_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "rope_base",
                     "mlp_ratio")
 # fields of BytesGPTConfig that version 1 did not have, with the value that reproduces a version-1 model
-VERSION_1_DEFAULTS: dict = {}
+VERSION_1_DEFAULTS = {"mlp": "gelu", "norm": "layernorm", "qk_norm": False, "tie_embeddings": True,
+                      "value_residual": False}
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:

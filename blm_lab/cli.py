@@ -109,15 +109,22 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .viz.figures import plot_sweep, save_figure
-    from .workbench.runner import sweep, varying_columns
+    from .workbench.runner import grid_points, load_plan, sweep
 
-    table = sweep(_parse_grid(args.grid), _notebook_params(args), root=args.run_dir, progress=not args.quiet,
-                  force=args.force)
+    if bool(args.grid) == bool(args.plan):
+        raise ConfigError("give --grid NAME=V1,V2 ... or --plan FILE.yaml (one of them)")
+    if args.plan:
+        params, points, compress = load_plan(args.plan)
+    else:
+        params, points, compress = {}, grid_points(_parse_grid(args.grid)), True
+    params.update(_notebook_params(args))
+    table, curves = sweep(points, params, root=args.run_dir, progress=not args.quiet, force=args.force,
+                          compress=compress and not args.no_compress)
     root = Path(table["run_dir"].iloc[0]).parent
-    save_figure(plot_sweep(table, varying_columns(table)), root / "sweep.png")
+    save_figure(plot_sweep(table, curves), root / "sweep.png")
     if not args.quiet:
         print(table.drop(columns=["run_dir"]).to_string(index=False))
-        print(f"outputs: {root} (sweep.csv, sweep.md, sweep.png, one directory per point)")
+        print(f"outputs: {root} (sweep.csv, sweep_curves.csv, sweep.md, sweep.png, one directory per point)")
     return 0
 
 
@@ -169,10 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the four notebooks in order with papermill into one run directory")
     run.set_defaults(handler=cmd_run)
     _add_notebook_arguments(run)
-    grid = sub.add_parser("sweep", help="train and evaluate one model per grid point (notebooks 02 and 04)")
+    grid = sub.add_parser("sweep", help="train (and evaluate) one model per point (notebooks 02 and 04)")
     grid.set_defaults(handler=cmd_sweep)
-    grid.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
+    grid.add_argument("--grid", nargs="+", metavar="NAME=V1,V2",
                       help="parameter values to combine, e.g. --grid n_layer=2,4 n_embd=64,128")
+    grid.add_argument("--plan", default=None, help="YAML sweep plan: parameters, and points or grid (see benchmarks/sweeps/)")
+    grid.add_argument("--no-compress", action="store_true", help="train only (skip notebook 04)")
     _add_notebook_arguments(grid)
     return parser
 

@@ -7,6 +7,13 @@ what lets the KV cache *roll*: after ``block_size`` bytes the oldest key/value s
 and every later byte still sees exactly ``block_size`` bytes of context (itself and the
 ``block_size - 1`` before it), which is the context the model was trained with. Compression of
 long files relies on it: the cost per byte is O(block_size), never O(n).
+
+Architecture options (``BytesGPTConfig``), each off by default so the plain GPT-2 shape stays the
+reference: ``mlp="relu2"`` (ReLU squared), ``norm="rmsnorm"``, ``qk_norm`` (RMS-normalised queries and
+keys per head), ``tie_embeddings=False`` (a separate, zero-initialised output head) and
+``value_residual`` (every layer after the first mixes the first layer's values into its own with a
+learnable weight, as in ResFormer and modded-nanoGPT). The KV cache stores keys and (mixed) values
+exactly as the full-sequence pass computes them, so ``step()`` equals ``forward()`` under every option.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from .errors import ConfigError
 
 __all__ = ["BytesGPTConfig", "BytesGPT", "KVCache", "encode", "decode"]
 
+MLP_KINDS = ("gelu", "relu2")
+NORM_KINDS = ("layernorm", "rmsnorm")
+
 
 @dataclass
 class BytesGPTConfig:
@@ -35,8 +45,17 @@ class BytesGPTConfig:
     bias: bool = False  # biases in Linear and LayerNorm layers
     rope_base: float = 10000.0  # rotary frequency base
     mlp_ratio: int = 4  # hidden width of the MLP, in multiples of n_embd
+    mlp: str = "gelu"  # MLP activation: "gelu" (exact, erf) or "relu2" (ReLU squared, as in modded-nanoGPT)
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm" (no mean subtraction, no bias)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (learnable gain) before the rotation
+    tie_embeddings: bool = True  # the output head shares the input embedding's weights
+    value_residual: bool = False  # every layer after the first mixes the first layer's values into its own
 
     def __post_init__(self):
+        if self.mlp not in MLP_KINDS:
+            raise ConfigError(f"mlp={self.mlp!r} is not one of {', '.join(MLP_KINDS)}")
+        if self.norm not in NORM_KINDS:
+            raise ConfigError(f"norm={self.norm!r} is not one of {', '.join(NORM_KINDS)}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_embd as a multiple of n_head")
         if (self.n_embd // self.n_head) % 2:
@@ -100,20 +119,26 @@ class KVCache:
 
 # ----------------------------------------------------------------------------- the model
 
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 on all paths)."""
+NORM_EPS = 1e-5
 
-    def __init__(self, ndim: int, bias: bool):
+
+class Norm(nn.Module):
+    """LayerNorm (optional bias) or RMSNorm over the last dim, with a learnable gain."""
+
+    def __init__(self, ndim: int, kind: str = "layernorm", bias: bool = False):
         super().__init__()
+        self.kind = kind
         self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias and kind == "layernorm" else None
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        if self.kind == "rmsnorm":
+            return F.rms_norm(x, self.weight.shape, self.weight, NORM_EPS)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, NORM_EPS)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: BytesGPTConfig):
+    def __init__(self, config: BytesGPTConfig, first_layer: bool = False):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
@@ -122,19 +147,28 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.q_norm = Norm(self.head_size, "rmsnorm") if config.qk_norm else None
+        self.k_norm = Norm(self.head_size, "rmsnorm") if config.qk_norm else None
+        # value residual: v <- (1 - mix) v + mix v_first, with v_first the first layer's values
+        self.v_mix = nn.Parameter(torch.tensor(0.5)) if config.value_residual and not first_layer else None
 
-    def _qkv(self, x, cos, sin):
+    def _qkv(self, x, cos, sin, v_first):
+        """Rotated queries and keys and the (mixed) values, each (B, nh, T, hs); and this layer's values for v_first."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # (B, T, C) each
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.v_mix is not None:
+            v = v + self.v_mix * (v_first - v)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
-    def forward(self, x, cos, sin, attn_mask=None):
-        """Full-sequence attention. x: (B, T, C). attn_mask None means plain causal."""
+    def forward(self, x, cos, sin, attn_mask=None, v_first=None):
+        """Full-sequence attention. x: (B, T, C). attn_mask None means plain causal. Returns (y, values)."""
         B, T, C = x.shape
-        q, k, v = self._qkv(x, cos, sin)
+        q, k, v = self._qkv(x, cos, sin, v_first)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
@@ -142,19 +176,19 @@ class CausalSelfAttention(nn.Module):
             is_causal=attn_mask is None,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y)), v
 
-    def step(self, x, cos, sin, k_cache, v_cache, slot: int, filled: int):
-        """One new position per stream. x: (B, 1, C); caches (B, nh, block_size, hs)."""
+    def step(self, x, cos, sin, k_cache, v_cache, slot: int, filled: int, v_first=None):
+        """One new position per stream. x: (B, 1, C); caches (B, nh, block_size, hs). Returns (y, values)."""
         B, _, C = x.shape
-        q, k, v = self._qkv(x, cos, sin)  # (B, nh, 1, hs) each
+        q, k, v = self._qkv(x, cos, sin, v_first)  # (B, nh, 1, hs) each
         k_cache[:, :, slot] = k[:, :, 0]
         v_cache[:, :, slot] = v[:, :, 0]
         # the first `filled` slots hold every valid key (slots fill in order before the cache rolls)
         keys, values = k_cache[:, :, :filled], v_cache[:, :, :filled]  # (B, nh, L, hs)
         y = F.scaled_dot_product_attention(q, keys, values)  # (B, nh, 1, hs)
         y = y.transpose(1, 2).reshape(B, 1, C)  # (B, 1, C)
-        return self.c_proj(y)
+        return self.c_proj(y), v
 
 
 class MLP(nn.Module):
@@ -164,26 +198,31 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.relu2 = config.mlp == "relu2"
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        h = self.c_fc(x)  # (B, T, hidden)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
-    def __init__(self, config: BytesGPTConfig):
+    def __init__(self, config: BytesGPTConfig, first_layer: bool = False):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = Norm(config.n_embd, config.norm, config.bias)
+        self.attn = CausalSelfAttention(config, first_layer)
+        self.ln_2 = Norm(config.n_embd, config.norm, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, attn_mask=None):
-        x = x + self.attn(self.ln_1(x), cos, sin, attn_mask)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, cos, sin, attn_mask=None, v_first=None):
+        y, v = self.attn(self.ln_1(x), cos, sin, attn_mask, v_first)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), v
 
-    def step(self, x, cos, sin, k_cache, v_cache, slot, filled):
-        x = x + self.attn.step(self.ln_1(x), cos, sin, k_cache, v_cache, slot, filled)
-        return x + self.mlp(self.ln_2(x))
+    def step(self, x, cos, sin, k_cache, v_cache, slot, filled, v_first=None):
+        y, v = self.attn.step(self.ln_1(x), cos, sin, k_cache, v_cache, slot, filled, v_first)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), v
 
 
 class BytesGPT(nn.Module):
@@ -195,15 +234,18 @@ class BytesGPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            h=nn.ModuleList([Block(config, first_layer=i == 0) for i in range(config.n_layer)]),
+            ln_f=Norm(config.n_embd, config.norm, config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # scaled init of residual projections (GPT-2)
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if not config.tie_embeddings:  # an untied head starts at zero: every first prediction is uniform
+            torch.nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module):
@@ -242,8 +284,10 @@ class BytesGPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx))  # (B, T, C)
         positions = torch.arange(start_pos, start_pos + T, device=idx.device)
         cos, sin = rotary_cos_sin(positions, self.head_size, self.config.rope_base, x.dtype)
+        v_first = None
         for block in self.transformer.h:
-            x = block(x, cos, sin)
+            x, v = block(x, cos, sin, v_first=v_first)
+            v_first = v if v_first is None else v_first
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
         loss = None
         if targets is not None:
@@ -277,8 +321,10 @@ class BytesGPT(nn.Module):
             # the whole (B, L) span runs with a banded causal (L, L) mask; the chunk's last Q rows are kept
             q_pos = k_pos.T  # (L, 1)
             band = (k_pos <= q_pos) & (k_pos > q_pos - W)  # (L, L) True = may attend
+            v_first = None
             for block in self.transformer.h:
-                x = block(x, cos, sin, attn_mask=band)
+                x, v = block(x, cos, sin, attn_mask=band, v_first=v_first)
+                v_first = v if v_first is None else v_first
             logits = self.lm_head(self.transformer.ln_f(x[:, L - Q:]))  # (B, Q, V)
             out.append(logits)
         return torch.cat(out, dim=1) if out else idx.new_zeros((B, 0, self.config.vocab_size), dtype=torch.float32)
@@ -301,8 +347,10 @@ class BytesGPT(nn.Module):
         filled = min(pos + 1, cache.block_size)
         x = self.transformer.wte(idx[:, None])  # (B, 1, C)
         cos, sin = rotary_cos_sin(torch.tensor([pos], device=idx.device), self.head_size, self.config.rope_base, x.dtype)
+        v_first = None
         for block, k_cache, v_cache in zip(self.transformer.h, cache.k, cache.v):
-            x = block.step(x, cos, sin, k_cache, v_cache, slot, filled)
+            x, v = block.step(x, cos, sin, k_cache, v_cache, slot, filled, v_first)
+            v_first = v if v_first is None else v_first
         cache.pos = pos + 1
         return self.lm_head(self.transformer.ln_f(x))[:, 0]  # (B, V)
 

@@ -181,16 +181,22 @@ def test_compression_table_has_every_compressor_verified(pipeline):
 def test_sweep_two_points(pipeline, tmp_path):
     run_dir, _ = pipeline
     params = {k: v for k, v in TINY_PARAMS.items() if k != "n_embd"}
-    table = runner.sweep({"n_embd": [16, 32]}, {**params, "max_steps": 10, "data_dir": RunDir(run_dir).corpus_record().data_dir},
-                         root=tmp_path / "sweep", progress=False)
-    assert list(table["n_embd"]) == [16, 32]
+    points = runner.grid_points({"n_embd": [16, 32]})
+    table, curves = runner.sweep(points, {**params, "max_steps": 10, "data_dir": RunDir(run_dir).corpus_record().data_dir},
+                                 root=tmp_path / "sweep", progress=False)
+    assert list(table["n_embd"]) == [16, 32] and list(table["point"]) == ["n_embd=16", "n_embd=32"]
     assert table["num_params"].is_monotonic_increasing
     assert (table["steps"] == 10).all() and table["blm_bits_per_byte"].notna().all()
     root = tmp_path / "sweep"
     assert pd.read_csv(root / "sweep.csv").shape[0] == 2
+    # one curve point per evaluation (eval_interval 10: step 10), FLOPs = tokens x the model's FLOPs per token
+    assert list(curves["point"]) == ["n_embd=16", "n_embd=32"] and (curves["step"] == 10).all()
+    assert (curves["tokens"] == 10 * TINY_PARAMS["batch_size"] * TINY_PARAMS["block_size"]).all()
+    assert (curves["train_flops"] > curves["tokens"]).all() and curves["train_flops"].is_monotonic_increasing
     assert "n_embd" in (root / "sweep.md").read_text()
     assert (root / "data" / RunDir.CORPUS).is_file()  # 01 ran once, for every point
-    assert plot_sweep(table, runner.varying_columns(table)).axes[0].get_xlabel() == "parameters"
+    assert [ax.get_xlabel() for ax in plot_sweep(table, curves).axes] == ["parameters", "training FLOPs",
+                                                                        "wall-clock minutes"]
     for point in ("n_embd=16", "n_embd=32"):
         assert (root / point / "02_train_gpu.ipynb").is_file() and (root / point / "compression.csv").is_file()
         assert not (root / point / "03_entropy_visualization.ipynb").exists()

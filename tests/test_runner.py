@@ -48,8 +48,10 @@ def test_notebooks_declare_the_documented_parameters():
     declared = runner.notebook_parameters(runner.NOTEBOOKS)
     expected = {
         "01_data_prep.ipynb": {"data_dir", "val_fraction", "block_size", "run_dir"},
-        "02_train_gpu.ipynb": {"device", "amp", "n_layer", "n_head", "n_embd", "batch_size", "block_size", "max_steps",
-                               "time_budget", "lr", "eval_interval", "nproc", "run_dir"},
+        "02_train_gpu.ipynb": {"device", "amp", "n_layer", "n_head", "n_embd", "block_size", "mlp", "norm", "qk_norm",
+                               "tie_embeddings", "value_residual", "dropout", "optimizer", "lr", "muon_lr", "schedule",
+                               "decay_fraction", "warmup_steps", "weight_decay", "batch_size", "max_steps",
+                               "time_budget", "eval_interval", "nproc", "run_dir"},
         "03_entropy_visualization.ipynb": {"checkpoint", "text", "file", "max_bytes", "position", "device", "run_dir"},
         "04_compression_ratios.ipynb": {"checkpoint", "files", "segments", "max_bytes", "device", "run_dir"},
     }
@@ -72,10 +74,26 @@ def test_parse_grid():
 
 def test_sweep_rejects_what_it_cannot_vary(tmp_path):
     with pytest.raises(BlmError, match="cannot sweep 'val_fraction'"):
-        runner.sweep({"val_fraction": [0.1, 0.2]}, root=tmp_path / "s", progress=False)
+        runner.sweep(runner.grid_points({"val_fraction": [0.1, 0.2]}), root=tmp_path / "s", progress=False)
     with pytest.raises(BlmError, match="unknown parameter 'bogus'"):
-        runner.sweep({"n_layer": [1]}, {"bogus": 1}, root=tmp_path / "s", progress=False)
+        runner.sweep([{"n_layer": 1}], {"bogus": 1}, root=tmp_path / "s", progress=False)
+    with pytest.raises(BlmError, match="share a run directory name"):
+        runner.sweep([{"name": "a", "n_layer": 1}, {"name": "a", "n_layer": 2}], root=tmp_path / "s", progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_load_plan(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("parameters: {time_budget: 60}\ncompress: false\npoints:\n  - {name: base}\n  - {name: muon, optimizer: muon}\n")
+    assert runner.load_plan(path) == ({"time_budget": 60}, [{"name": "base"}, {"name": "muon", "optimizer": "muon"}], False)
+    path.write_text("grid: {n_layer: [2, 4]}\n")
+    assert runner.load_plan(path) == ({}, [{"n_layer": 2}, {"n_layer": 4}], True)
+    path.write_text("grid: {n_layer: [2]}\npoints: []\n")
+    with pytest.raises(BlmError, match="exactly one of points"):
+        runner.load_plan(path)
+    path.write_text("pionts: []\n")
+    with pytest.raises(BlmError, match="unknown keys pionts"):
+        runner.load_plan(path)
 
 
 def test_ensure_kernel_installs_when_missing(monkeypatch):
@@ -122,11 +140,13 @@ def test_workbench_configs_use_the_cpu_recipe_with_a_time_budget(tmp_path):
     assert train_cfg.time_budget == WORKBENCH_CPU_TIME_BUDGET_S and train_cfg.eval_interval == WORKBENCH_CPU_EVAL_INTERVAL
     assert not train_cfg.amp and train_cfg.device == "cpu"
     assert train_cfg.output_dir == str(tmp_path / "checkpoint")
-    train_cfg, model_cfg = workbench_configs("cpu", tmp_path, dict(n_layer=1, n_embd=32, block_size=16, n_head=None),
-                                             dict(max_steps=20, time_budget=5, lr=1e-2, amp=True))
+    train_cfg, model_cfg = workbench_configs("cpu", tmp_path, dict(n_layer=1, n_embd=32, block_size=16, n_head=None,
+                                                                   max_steps=20, time_budget=5, lr=1e-2, amp=True))
     assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.block_size, model_cfg.n_head) == (1, 32, 16, 4)
     assert (train_cfg.max_steps, train_cfg.time_budget, train_cfg.lr, train_cfg.warmup_steps) == (20, 5, 1e-2, 2)
     assert not train_cfg.amp  # mixed precision is for CUDA only
+    with pytest.raises(BlmError, match="unknown training setting n_layers"):
+        workbench_configs("cpu", tmp_path, dict(n_layers=2))
 
 
 def test_live_loss_plot_redraws_and_saves(tmp_path):

@@ -22,6 +22,10 @@ from ..flags import add_arguments, from_namespace
 from ..gpt import BytesGPTConfig
 
 
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
+
+
 @dataclass
 class TrainConfig:
     dataset: str = field(default="", metadata={"help": "file, directory or comma-separated list; empty = embedded default corpus"})
@@ -37,6 +41,11 @@ class TrainConfig:
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices"})
     beta1: float = 0.9
     beta2: float = 0.99
+    optimizer: str = field(default="adamw", metadata={"help": "adamw, or muon: Muon for the blocks' weight matrices and AdamW (--lr) for the rest"})
+    muon_lr: float = field(default=0.02, metadata={"help": "Muon's peak learning rate (with --optimizer muon)"})
+    muon_momentum: float = field(default=0.95, metadata={"help": "Muon's Nesterov momentum"})
+    schedule: str = field(default="cosine", metadata={"help": "learning rate after warmup: cosine (to min_lr), or wsd (flat, then linear to min_lr)"})
+    decay_fraction: float = field(default=0.3, metadata={"help": "wsd: the last fraction of the run over which the learning rate decays"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0 = off)"})
     stride: int = field(default=0, metadata={"help": "bytes between window starts (0 = block_size)"})
     val_fraction: float = field(default=0.1, metadata={"help": "last fraction of the bytes used for validation"})
@@ -63,6 +72,12 @@ class TrainConfig:
             raise ConfigError("nothing bounds the run: give --epochs, --max-steps or --time-budget")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"--decay-fraction must be in (0, 1], got {self.decay_fraction}")
         if self.resume and self.force:
             raise ConfigError("--resume continues the run in OUTPUT_DIR and --force replaces it; give one of them")
 
@@ -133,20 +148,26 @@ WORKBENCH_CPU_TIME_BUDGET_S = 240.0
 WORKBENCH_CPU_EVAL_INTERVAL = 100  # a validation point every ~30-60 s on 2 cores: a curve, not a single dot
 
 
-def workbench_configs(device: str, output_dir: str, model_overrides: dict | None = None,
-                      train_overrides: dict | None = None) -> tuple[TrainConfig, BytesGPTConfig]:
+def workbench_configs(device: str, output_dir: str, overrides: dict | None = None) -> tuple[TrainConfig, BytesGPTConfig]:
     """(TrainConfig, BytesGPTConfig) for the training notebook on ``device`` ('cpu', 'cuda', 'cuda:N').
 
     The ``gpu`` recipe on CUDA; elsewhere the ``cpu`` recipe with a ``WORKBENCH_CPU_TIME_BUDGET_S`` budget.
-    Overrides whose value is None keep the recipe's value. A short ``max_steps`` run still reaches its
-    peak LR (warmup is cut to a tenth of the steps).
+    ``overrides`` maps field names of either dataclass to values; None keeps the recipe's value, and a
+    name that is a field of neither is an error. A short ``max_steps`` run still reaches its peak LR
+    (warmup is cut to a tenth of the steps).
     """
     on_cuda = device.startswith("cuda")
     train_cfg, model_cfg = recipe("gpu" if on_cuda else "cpu")
     if not on_cuda:
         train_cfg.time_budget, train_cfg.eval_interval = WORKBENCH_CPU_TIME_BUDGET_S, WORKBENCH_CPU_EVAL_INTERVAL
-    model_cfg = dataclasses.replace(model_cfg, **{k: v for k, v in (model_overrides or {}).items() if v is not None})
-    train_cfg = dataclasses.replace(train_cfg, **{k: v for k, v in (train_overrides or {}).items() if v is not None},
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    model_fields = {f.name for f in dataclasses.fields(BytesGPTConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(given) - model_fields - train_fields)
+    if unknown:
+        raise ConfigError(f"unknown training setting {', '.join(unknown)}: neither a BytesGPTConfig nor a TrainConfig field")
+    model_cfg = dataclasses.replace(model_cfg, **{k: v for k, v in given.items() if k in model_fields})
+    train_cfg = dataclasses.replace(train_cfg, **{k: v for k, v in given.items() if k in train_fields},
                                     device=device, output_dir=str(output_dir))
     if not on_cuda:
         train_cfg.amp = False
@@ -159,8 +180,9 @@ def settings_frame(train_cfg: TrainConfig, model_cfg: BytesGPTConfig):
     """The settings that shape a run, as a one-column table (the training notebook shows it)."""
     import pandas as pd
 
-    model_keys = ["n_layer", "n_head", "n_embd", "block_size", "dropout"]
-    train_keys = ["device", "amp", "batch_size", "lr", "min_lr", "warmup_steps", "max_steps", "time_budget",
-                  "eval_interval"]
+    model_keys = ["n_layer", "n_head", "n_embd", "block_size", "mlp", "norm", "qk_norm", "tie_embeddings",
+                  "value_residual", "dropout"]
+    train_keys = ["device", "amp", "optimizer", "batch_size", "lr", "muon_lr", "min_lr", "schedule", "warmup_steps",
+                  "weight_decay", "max_steps", "time_budget", "eval_interval"]
     values = {**{k: getattr(model_cfg, k) for k in model_keys}, **{k: getattr(train_cfg, k) for k in train_keys}}
     return pd.DataFrame({"value": [str(v) for v in values.values()]}, index=list(values))

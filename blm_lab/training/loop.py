@@ -1,8 +1,8 @@
-"""Training, as one flat loop: AdamW with warmup and cosine decay, bits-per-byte validation, atomic
+"""Training, as one flat loop: AdamW (or Muon) with warmup and cosine or WSD decay, bits-per-byte validation, atomic
 checkpoints, resume, mixed precision, DDP.
 
-Read ``train()`` top to bottom: devices; data; model and optimizer; resume (or a fresh output
-directory); then the loop, where each optimizer step sets the learning rate (``get_lr``), runs
+Read ``train()`` top to bottom: devices; data; model and optimizers; resume (or a fresh output
+directory); then the loop, where each optimizer step sets the learning rates (``optim.lr_scale``), runs
 ``grad_accum`` micro-batches, steps, and every ``eval_interval`` steps evaluates (``estimate_loss``)
 and checkpoints (``checkpoint_dict``). All of the run's changing state is one ``TrainState``.
 
@@ -38,6 +38,7 @@ from ..gpt import BytesGPT, BytesGPTConfig
 from ..scoring import LN2, sum_bits
 from .config import TrainConfig, configs_from_args
 from .distributed import DistInfo, all_reduce, barrier, process_group
+from .optim import lr_scale, make_optimizers
 from .state import RESULT_FILE, TrainResult, TrainState
 
 METRICS_FILE = "metrics.jsonl"
@@ -46,11 +47,8 @@ RESUME_KEYS = ("optimizer_state", "step", "epoch", "batch_in_epoch", "rng_state"
 
 
 def get_lr(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup over warmup_steps, then cosine from lr to min_lr as ``progress`` goes 0 -> 1."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(max(progress, 0.0), 1.0)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    """AdamW's learning rate at ``step`` (``optim.lr_scale`` times ``lr``; Muon's is the same factor times ``muon_lr``)."""
+    return cfg.lr * lr_scale(cfg, step, progress)
 
 
 @torch.no_grad()
@@ -76,13 +74,16 @@ def estimate_loss(model: torch.nn.Module, data: np.ndarray, block_size: int, bat
     return total_bits / max(total_count, 1)
 
 
-def checkpoint_dict(model: BytesGPT, optimizer, state: TrainState, cfg: TrainConfig, corpus: Corpus,
+def checkpoint_dict(model: BytesGPT, optimizers: list, state: TrainState, cfg: TrainConfig, corpus: Corpus,
                     val_bpb: float, elapsed_s: float) -> dict:
-    """What best.pt and last.pt hold (see ``blm_lab.checkpoint``)."""
+    """What best.pt and last.pt hold (see ``blm_lab.checkpoint``): AdamW's state under ``optimizer_state``,
+    Muon's (when used) under ``muon_state``."""
+    extra = {"muon_state": optimizers[1].state_dict()} if len(optimizers) > 1 else {}
     return {
         "config": model.config.to_dict(),
         "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict(),
+        "optimizer_state": optimizers[0].state_dict(),
+        **extra,
         "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
         "rng_state": torch.get_rng_state(),
         "best_val_bpb": state.best_val_bpb, "best_step": state.best_step, "val_bpb": val_bpb,
@@ -93,7 +94,7 @@ def checkpoint_dict(model: BytesGPT, optimizer, state: TrainState, cfg: TrainCon
     }
 
 
-def _resume(out_dir: Path, model: BytesGPT, optimizer, model_cfg: BytesGPTConfig, dist_info: DistInfo,
+def _resume(out_dir: Path, model: BytesGPT, optimizers: list, model_cfg: BytesGPTConfig, dist_info: DistInfo,
             device) -> TrainState:
     """Load last.pt (or best.pt) into model and optimizer; the TrainState to continue from."""
     ckpt_path = out_dir / "last.pt" if (out_dir / "last.pt").exists() else out_dir / "best.pt"
@@ -104,12 +105,14 @@ def _resume(out_dir: Path, model: BytesGPT, optimizer, model_cfg: BytesGPTConfig
     if ckpt["config"] != model_cfg.to_dict():
         raise ConfigError(f"--resume: {ckpt_path} was trained with config {ckpt['config']}, not {model_cfg.to_dict()}; "
                           "pass the same model flags or a new --output-dir")
-    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    missing = [key for key in RESUME_KEYS + (("muon_state",) if len(optimizers) > 1 else ()) if key not in ckpt]
     if missing:
         raise CheckpointError(f"--resume: {ckpt_path} lacks {', '.join(missing)}, which resuming needs; it was saved "
                               "for inference only; start a new run in another --output-dir")
     model.load_state_dict(ckpt["model_state"])
-    optimizer.load_state_dict(ckpt["optimizer_state"])
+    optimizers[0].load_state_dict(ckpt["optimizer_state"])
+    if len(optimizers) > 1:
+        optimizers[1].load_state_dict(ckpt["muon_state"])
     torch.set_rng_state(ckpt["rng_state"].cpu())
     state = TrainState(step=ckpt["step"], epoch=ckpt["epoch"], batch_in_epoch=ckpt["batch_in_epoch"],
                        best_val_bpb=ckpt.get("best_val_bpb", math.inf), best_step=ckpt.get("best_step", ckpt["step"]),
@@ -169,17 +172,12 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
     # model and optimizer
     torch.manual_seed(cfg.seed)
     model = BytesGPT(model_cfg).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda",
-    )
+    optimizers = make_optimizers(model, cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     # where the run starts: a checkpoint to resume, or an empty output directory
     if cfg.resume:
-        state = _resume(out_dir, model, optimizer, model_cfg, dist_info, device)
+        state = _resume(out_dir, model, optimizers, model_cfg, dist_info, device)
     else:
         state = TrainState()
         if dist_info.is_main:
@@ -221,7 +219,7 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
                 "train_bpb": state.train_bits / state.train_count if state.train_count else None,
                 "val_bpb": val_bpb,
                 "tokens_per_s": state.tokens_since * dist_info.world_size / max(t_eval - t_last, 1e-9),  # training only
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": optimizers[0].param_groups[0]["lr"],
                 "elapsed_s": elapsed(),
             }
             improved = val_bpb < state.best_val_bpb
@@ -229,7 +227,7 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
                 state.best_val_bpb, state.best_step = val_bpb, state.step
             state.last_val_bpb = val_bpb
             if dist_info.is_main:
-                ckpt = checkpoint_dict(raw_model, optimizer, state, cfg, corpus, val_bpb, record["elapsed_s"])
+                ckpt = checkpoint_dict(raw_model, optimizers, state, cfg, corpus, val_bpb, record["elapsed_s"])
                 if improved:
                     save_checkpoint(out_dir / "best.pt", ckpt)
                 if not cfg.save_best:
@@ -257,9 +255,10 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
         progress = state.step / total_steps
         if timed:
             progress = max(progress, elapsed() / cfg.time_budget)
-        lr = get_lr(cfg, state.step, progress)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        scale = lr_scale(cfg, state.step, progress)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
         for a in range(accum):
             first = (state.batch_in_epoch * accum + a) * micro
             x, y = windows.__getitems__(order[first:first + micro])
@@ -275,11 +274,14 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
             state.tokens_since += y.numel()
             state.tokens += y.numel()
         if cfg.grad_clip:
-            scaler.unscale_(optimizer)
+            for opt in optimizers:
+                scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
+        for opt in optimizers:
+            scaler.step(opt)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         state.step += 1
         state.batch_in_epoch += 1
         if timed:
@@ -295,7 +297,7 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
 
     result = TrainResult(
         best_val_bpb=state.best_val_bpb, final_val_bpb=state.last_val_bpb, best_step=state.best_step,
-        num_params=raw_model.num_params(), steps=state.step,
+        num_params=raw_model.num_params(), flops_per_token=raw_model.flops_per_token(), steps=state.step,
         tokens=state.tokens * dist_info.world_size, elapsed_s=elapsed(),
         tokens_per_s=state.tokens * dist_info.world_size / max(time.perf_counter() - t0 - state.eval_seconds, 1e-9),
         output_dir=str(out_dir), checkpoint=str(out_dir / "best.pt"), history=state.history, model=raw_model,

@@ -39,6 +39,7 @@ class TrainResult:
     final_val_bpb: float  # validation bits/byte of the final weights
     best_step: int  # the step best.pt was saved at
     num_params: int
+    flops_per_token: float  # training FLOPs per token (BytesGPT.flops_per_token)
     steps: int
     tokens: int
     elapsed_s: float
@@ -51,8 +52,9 @@ class TrainResult:
 
     def summary(self) -> dict:
         """The headline numbers, JSON-ready."""
-        return {k: getattr(self, k) for k in ("best_val_bpb", "final_val_bpb", "best_step", "num_params", "steps",
-                                              "tokens", "elapsed_s", "tokens_per_s", "output_dir", "checkpoint")}
+        return {k: getattr(self, k) for k in ("best_val_bpb", "final_val_bpb", "best_step", "num_params",
+                                              "flops_per_token", "steps", "tokens", "elapsed_s", "tokens_per_s",
+                                              "output_dir", "checkpoint")}
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``DIRECTORY/result.json`` (everything but the model)."""

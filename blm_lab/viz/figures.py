@@ -204,28 +204,33 @@ def plot_bits_per_byte(df: pd.DataFrame, ax=None, title: str | None = None):
     return finish(fig, owned)
 
 
-def plot_sweep(table: pd.DataFrame, varying: list[str] | None = None):
-    """Bits per byte (validation and actually compressed) against model size and against training time."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+def plot_sweep(table: pd.DataFrame, curves: pd.DataFrame):
+    """A sweep's runs on the held-out split: final bits per byte against parameters, and every run's
+    validation curve against training FLOPs and against wall-clock minutes (log axes)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    varying = varying or []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
-    for ax, x, label in ((axes[0], "num_params", "parameters"), (axes[1], "train_s", "training time (s)")):
-        ax.scatter(table[x], table["val_bits_per_byte"], color="tab:red", label="validation (model)")
-        if "blm_bits_per_byte" in table:
-            ax.scatter(table[x], table["blm_bits_per_byte"], color="tab:blue", marker="s", label="compressed (blm)")
-        for _, row in table.iterrows():
-            ax.annotate(" ".join(f"{c}={row[c]}" for c in varying), (row[x], row["val_bits_per_byte"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained", sharey=True)
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(table["point"])}
+    ax = axes[0]
+    for _, row in table.iterrows():
+        ax.scatter(row["num_params"], row["val_bits_per_byte"], color=colours[row["point"]])
+        ax.annotate(str(row["point"]), (row["num_params"], row["val_bits_per_byte"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation bits per byte (held out)")
+    ax.set_title("at the end of each run", fontsize=10)
+    for ax, x, label in ((axes[1], "train_flops", "training FLOPs"), (axes[2], "minutes", "wall-clock minutes")):
+        for name, run in curves.groupby("point", sort=False):
+            ax.plot(run[x], run["val_bits_per_byte"], "o-", ms=3, color=colours.get(name), label=str(name))
+        ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-        ax.margins(x=0.2, y=0.15)
-    axes[0].set_xscale("log")
-    axes[0].xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    axes[0].xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
-    axes[0].xaxis.set_minor_formatter(NullFormatter())
-    axes[0].set_ylabel("bits per byte")
-    axes[0].legend(fontsize="small")
+        ax.set_title(f"validation curve against {label}", fontsize=10)
+    axes[2].legend(fontsize=7, loc="upper right")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"sweep of {len(table)} runs")
     return finish(fig)
 

@@ -71,6 +71,7 @@ class TrainRecord:
     final_val_bpb: float
     best_step: int
     num_params: int
+    flops_per_token: float
     steps: int
     tokens: int
     elapsed_s: float
@@ -80,6 +81,7 @@ class TrainRecord:
     device_info: dict
     model_config: dict
     train_config: dict
+    history: list  # every validation record: step, epoch, train_bpb, val_bpb, tokens_per_s, lr, elapsed_s
 
     def frame(self) -> pd.DataFrame:
         keys = ["best_val_bpb", "final_val_bpb", "steps", "best_step", "tokens", "elapsed_s", "tokens_per_s",
@@ -203,8 +205,8 @@ class RunDir:
     def write_train(self, result, train_cfg, model_cfg, device_info: dict) -> TrainRecord:
         """Write ``train.json`` from a TrainResult and the two configs it was trained with."""
         summary = result.summary()
-        record = TrainRecord(**{k: summary[k] for k in summary}, device_info=device_info,
-                             model_config=model_cfg.to_dict(), train_config=dataclasses.asdict(train_cfg))
+        record = TrainRecord(**summary, device_info=device_info, model_config=model_cfg.to_dict(),
+                             train_config=dataclasses.asdict(train_cfg), history=list(result.history))
         _write_json(self.path / self.TRAIN, asdict(record))
         return record
 

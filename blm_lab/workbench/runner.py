@@ -183,70 +183,111 @@ def grid_points(grid: Mapping[str, Iterable]) -> list[dict]:
 
 
 def point_name(point: Mapping) -> str:
-    """A directory name for a grid point: ``n_layer=2_n_embd=64``."""
-    text = "_".join(f"{k}={v}" for k, v in point.items())
+    """A directory name for a point: its ``name``, else ``n_layer=2_n_embd=64``."""
+    text = str(point["name"]) if "name" in point else "_".join(f"{k}={v}" for k, v in point.items())
     return re.sub(r"[^A-Za-z0-9_.=+-]", "-", text)
 
 
+def load_plan(path: str | os.PathLike) -> tuple[dict, list[dict], bool]:
+    """A sweep plan (YAML): ``parameters`` every point shares, ``points`` (a list of parameter mappings,
+    each with an optional ``name``) or ``grid`` (NAME: [values], every combination), and ``compress``
+    (default true: run 04 after 02). Returns (parameters, points, compress)."""
+    plan = load_config(path)
+    unknown = sorted(set(plan) - {"parameters", "points", "grid", "compress"})
+    if unknown:
+        raise ConfigError(f"sweep plan {str(path)!r} has unknown keys {', '.join(unknown)}; "
+                          "it takes parameters, points or grid, and compress")
+    if ("points" in plan) == ("grid" in plan):
+        raise ConfigError(f"sweep plan {str(path)!r} needs exactly one of points (a list) and grid (a mapping)")
+    points = plan["points"] if "points" in plan else grid_points(plan["grid"])
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ConfigError(f"sweep plan {str(path)!r}: points must be a list of parameter mappings")
+    return dict(plan.get("parameters") or {}), [dict(p) for p in points], bool(plan.get("compress", True))
+
+
 SWEEP_TABLE = "sweep"  # .csv and .md in the sweep's root
+SWEEP_CURVES = "sweep_curves.csv"  # every validation point of every run: minutes, tokens, FLOPs, bits/byte
 
 
-def sweep(grid: Mapping[str, Iterable], params: Mapping | None = None, root: str | os.PathLike | None = None,
+def sweep(points: list[dict], params: Mapping | None = None, root: str | os.PathLike | None = None,
           notebook_dir: str | os.PathLike | None = None, kernel_name: str = KERNEL_NAME,
-          progress: bool = True, force: bool = False) -> pd.DataFrame:
-    """Train and evaluate one model per grid point; returns (and writes as ``sweep.csv``/``.md``) the table.
+          progress: bool = True, force: bool = False, compress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train (and with ``compress``, evaluate as a compressor) one model per point; returns (table, curves).
 
-    01 runs once into ``ROOT/data``; every point gets its own ``ROOT/<name>/`` with a copy of the corpus
-    description, then 02 and 04 run there. ``viz.figures.plot_sweep`` draws the table.
+    ``points`` are parameter mappings (``grid_points`` makes them from a grid; a ``name`` key names the
+    run directory). 01 runs once into ``ROOT/data``; every point gets its own ``ROOT/<name>/`` with a copy
+    of the corpus description, then 02 (and 04) run there. The table (``sweep.csv``/``.md``) has one row
+    per point; the curves (``sweep_curves.csv``) every validation point of every run, against minutes,
+    training tokens and training FLOPs. ``viz.figures.plot_sweep`` draws them.
     """
     params = dict(params or {})
-    if not grid:
-        raise ConfigError("the grid is empty; give at least one NAME=V1,V2,... (e.g. --grid n_layer=2,4)")
+    if not points:
+        raise ConfigError("the sweep has no points; give --grid NAME=V1,V2,... or a --plan with points")
+    notebooks = list(SWEEP_NOTEBOOKS if compress else SWEEP_NOTEBOOKS[:1])
     declared = notebook_parameters(NOTEBOOKS, notebook_dir)
     check_parameters(params, declared)
-    swept = sorted({p for nb in SWEEP_NOTEBOOKS for p in declared[nb]} - {RUN_DIR_PARAM})
-    bad = [name for name in grid if name not in swept]
+    swept = sorted({p for nb in notebooks for p in declared[nb]} - {RUN_DIR_PARAM})
+    bad = sorted({name for point in points for name in point if name not in swept and name != "name"})
     if bad:
         raise ConfigError(f"cannot sweep {', '.join(map(repr, bad))}: a sweep varies parameters of "
-                          f"{' and '.join(SWEEP_NOTEBOOKS)}: {', '.join(swept)}")
+                          f"{' and '.join(notebooks)}: {', '.join(swept)}")
+    names = [point_name(p) for p in points]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two sweep points share a run directory name ({', '.join(sorted(names))}); name them")
     root = _fresh_dir(root or default_run_dir("sweep"), force, "sweep directory")
     data_dir = root / "data"
     data_dir.mkdir(exist_ok=True)
     _execute(data_dir, {k: v for k, v in params.items() if k in declared[NOTEBOOKS[0]]}, list(NOTEBOOKS[:1]),
              declared, notebook_dir, kernel_name, progress)
 
-    rows = []
-    for i, point in enumerate(grid_points(grid), 1):
-        run_dir = root / point_name(point)
+    rows, curves = [], []
+    for i, (point, name) in enumerate(zip(points, names), 1):
+        run_dir = root / name
         run_dir.mkdir(exist_ok=True)
-        for name in (RunDir.CORPUS, RunDir.MANIFEST):
-            shutil.copy2(data_dir / name, run_dir / name)
+        for file in (RunDir.CORPUS, RunDir.MANIFEST):
+            shutil.copy2(data_dir / file, run_dir / file)
         if progress:
-            print(f"sweep point {i}: {point}", flush=True)
-        summary = _execute(run_dir, {**{k: v for k, v in params.items() if k in swept}, **point},
-                           list(SWEEP_NOTEBOOKS), declared, notebook_dir, kernel_name, progress)
-        rows.append(_sweep_row(point, summary))
-    table = pd.DataFrame(rows)
+            print(f"sweep point {i}/{len(points)}: {point}", flush=True)
+        settings = {k: v for k, v in point.items() if k != "name"}
+        summary = _execute(run_dir, {**{k: v for k, v in params.items() if k in swept}, **settings}, notebooks,
+                           declared, notebook_dir, kernel_name, progress)
+        rows.append(_sweep_row(name, settings, summary))
+        curves.extend(_sweep_curve(name, summary))
+    table, curves = pd.DataFrame(rows), pd.DataFrame(curves)
     table.to_csv(root / f"{SWEEP_TABLE}.csv", index=False)
-    (root / f"{SWEEP_TABLE}.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
-    return table
+    (root / f"{SWEEP_TABLE}.md").write_text(table.drop(columns=["run_dir"]).to_markdown(index=False, floatfmt=".4g") + "\n")
+    curves.to_csv(root / SWEEP_CURVES, index=False)
+    return table, curves
 
 
-def _sweep_row(point: Mapping, summary: Summary) -> dict:
+def _sweep_row(name: str, settings: Mapping, summary: Summary) -> dict:
     training, neural = summary.training, summary.neural
     return {
-        **point,
+        "point": name,
+        **settings,
         "num_params": training.num_params,
         "train_s": training.elapsed_s,
         "steps": training.steps,
+        "tokens": training.tokens,
+        "tokens_per_s": training.tokens_per_s,
+        "train_flops": training.tokens * training.flops_per_token,
         "val_bits_per_byte": training.final_val_bpb,
+        "best_val_bits_per_byte": training.best_val_bpb,
         "blm_bits_per_byte": summary.compressed_bits_per_byte.get("blm", math.nan),
         "blm_adjusted_bits_per_byte": neural.adjusted_bits_per_byte if neural else math.nan,
         "run_dir": summary.run_dir,
     }
 
 
-def varying_columns(table: pd.DataFrame) -> list[str]:
-    """The grid columns of a sweep table whose value changes between points (all of them if none does)."""
-    grid_columns = list(table.columns[:list(table.columns).index("num_params")])
-    return [c for c in grid_columns if table[c].nunique() > 1] or grid_columns
+def _sweep_curve(name: str, summary: Summary) -> list[dict]:
+    """Every validation record of a point's run, with the tokens and FLOPs spent to reach it."""
+    training = summary.training
+    cfg = training.train_config
+    tokens_per_step = cfg["batch_size"] * cfg["grad_accum"] * training.model_config["block_size"]
+    out = []
+    for record in training.history:
+        tokens = record["step"] * tokens_per_step
+        out.append({"point": name, "step": record["step"], "minutes": record["elapsed_s"] / 60, "tokens": tokens,
+                    "train_flops": tokens * training.flops_per_token, "val_bits_per_byte": record["val_bpb"],
+                    "train_bits_per_byte": record["train_bpb"]})
+    return out
