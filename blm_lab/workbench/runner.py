@@ -122,6 +122,20 @@ def _fresh_dir(path: str | os.PathLike, force: bool, what: str) -> Path:
 
 # ----------------------------------------------------------------------------- one notebook, one pipeline
 
+def _ipc_kernel_manager():
+    """A kernel manager that talks to its kernel over local IPC sockets (beside its connection file in the
+    Jupyter runtime directory): no TCP ports on loopback, and no plain-text-transport warning per kernel."""
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+    return IPCKernelManager
+
+
 def run_notebook(name: str, run_dir: Path, params: Mapping, declared: Mapping, notebook_dir: Path | None = None,
                  kernel_name: str = KERNEL_NAME, progress: bool = False) -> float:
     """Execute one notebook into ``run_dir/NAME`` with the parameters it declares; returns wall seconds."""
@@ -135,7 +149,8 @@ def run_notebook(name: str, run_dir: Path, params: Mapping, declared: Mapping, n
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(Path(notebook_dir or notebooks_dir()) / name), str(executed), parameters=mine,
-                            kernel_name=kernel_name, progress_bar=progress, cwd=os.getcwd())
+                            kernel_name=kernel_name, progress_bar=progress, cwd=os.getcwd(),
+                            kernel_manager_class=_ipc_kernel_manager())
     except PapermillExecutionError as exc:
         raise NotebookError(name, exc.exec_count or exc.cell_index, exc.ename, exc.evalue, executed) from None
     return time.perf_counter() - t0
