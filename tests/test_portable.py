@@ -1,0 +1,455 @@
+"""Tests of the portable, bit-exact inference path (portable.py).
+
+The contract under test: the integer frequencies reaching the coder are a pure function of the weights
+and the bytes coded so far -- independent of thread count, CPU ISA / kernels, batch composition,
+process, and the float dtype of the checkpoint.
+
+Cross-process tests save a float checkpoint once in the parent and run workers (fresh interpreters
+with their own thread count and environment) that each quantize it with ``from_float`` and step it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import blm_lab.codec.portable as P
+from blm_lab.codec.coder import BatchDecoder, BatchEncoder, quantize
+from blm_lab.errors import CheckpointError, ConfigError
+from blm_lab.gpt import BytesGPT, BytesGPTConfig
+TEXT = (b"First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        b"First Citizen:\nYou are all resolved rather to die than to famish?\n") * 8
+SETTINGS = [  # (threads, extra environment)
+    (1, {}), (2, {}), (3, {}),
+    (1, {"ATEN_CPU_CAPABILITY": "default"}), (3, {"ATEN_CPU_CAPABILITY": "default"}),
+    (1, {"ONEDNN_MAX_CPU_ISA": "SSE41"}), (2, {"ONEDNN_MAX_CPU_ISA": "SSE41"}),
+    (2, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}),
+]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def tiny_model(seed=0, std=0.5, **cfg) -> BytesGPT:
+    """A small random model with large weights (sharp softmaxes, large activations): a harder test
+    than the default 0.02 init, whose outputs are nearly uniform."""
+    torch.manual_seed(seed)
+    config = BytesGPTConfig(**{"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, **cfg})
+    model = BytesGPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+        for blk in model.transformer.h:  # LayerNorm gains around 1, not around 0
+            for ln in (blk.ln_1, blk.ln_2):
+                ln.weight.add_(1.0)
+        model.transformer.ln_f.weight.add_(1.0)
+    return model.eval()
+
+
+def streams_from(data: bytes, B: int, n: int) -> np.ndarray:
+    """(B, n) byte values: B overlapping windows of ``data``."""
+    arr = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
+    return np.stack([arr[(7 * b) % (len(arr) - n):][:n] for b in range(B)])
+
+
+def run_steps(pm: P.PortableModel, sym: np.ndarray) -> np.ndarray:
+    """Freqs (n, B, 256) after feeding sym[:, t] for t < n."""
+    B, n = sym.shape
+    cache = pm.new_cache(B)
+    return np.stack([pm.step(torch.from_numpy(sym[:, t]), cache) for t in range(n)])
+
+
+def sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def uniform(B: int) -> np.ndarray:
+    return np.full((B, 256), 2 ** 16, dtype=np.int64)
+
+
+def lockstep(pm, lengths: np.ndarray, code) -> np.ndarray:
+    """The lock-step loop with portable frequencies: the first byte uniform, then pm.step."""
+    B, steps = len(lengths), int(lengths.max())
+    cache = pm.new_cache(B)
+    sym = np.zeros((B, steps), dtype=np.int64)
+    sym[:, 0] = code(uniform(B), lengths > 0)
+    for t in range(1, steps):
+        sym[:, t] = code(pm.step(torch.from_numpy(sym[:, t - 1]), cache), lengths > t)
+    return sym
+
+
+def lockstep_encode(data: bytes, pm, seg: int) -> list[bytes]:
+    n = len(data)
+    B = -(-n // seg)
+    lengths = np.minimum(seg, n - np.arange(B) * seg)
+    padded = np.zeros(B * seg, dtype=np.uint8)
+    padded[:n] = np.frombuffer(data, dtype=np.uint8)
+    known, enc, column = padded.reshape(B, seg).astype(np.int64), BatchEncoder(B), iter(range(seg))
+
+    def code(freqs, active):
+        symbols = known[:, next(column)]
+        enc.encode(freqs, symbols, active)
+        return symbols
+
+    lockstep(pm, lengths, code)
+    return enc.finish()
+
+
+def lockstep_decode(streams: list[bytes], n: int, pm, seg: int) -> bytes:
+    lengths = np.minimum(seg, n - np.arange(len(streams)) * seg)
+    return lockstep(pm, lengths, BatchDecoder(streams).decode).astype(np.uint8).reshape(-1)[:n].tobytes()
+
+
+def check_freqs(f: np.ndarray):
+    assert f.dtype == np.int64 and f.shape[-1] == 256
+    assert (f.sum(axis=-1) == 2 ** 24).all()
+    assert f.min() >= 1
+
+
+WORKER = r"""
+import hashlib, json, sys
+import numpy as np, torch
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+import blm_lab.codec.portable as P
+from blm_lab.codec.coder import BatchDecoder
+out = {"threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability()}
+if args["mode"] == "steps":
+    from blm_lab.checkpoint import load_checkpoint
+    model, _ = load_checkpoint(args["ckpt"])
+    pm = P.PortableModel.from_float(model, **args.get("options", {}))
+    out["fingerprint"] = pm.fingerprint().hex()
+    sym = np.array(args["sym"], dtype=np.int64)
+    cache = pm.new_cache(sym.shape[0])
+    h = hashlib.sha256()
+    hf = hashlib.sha256()
+    with torch.inference_mode():
+        fc = model.new_cache(sym.shape[0])
+        for t in range(sym.shape[1]):
+            h.update(pm.step(torch.from_numpy(sym[:, t]), cache).tobytes())
+            hf.update(model.step(torch.from_numpy(sym[:, t]), fc).numpy().tobytes())
+    out["freqs_sha"] = h.hexdigest()
+    out["float_logits_sha"] = hf.hexdigest()  # the float path, for contrast (not required to match)
+elif args["mode"] == "decode":
+    state = torch.load(args["state"], weights_only=True)
+    pm = P.PortableModel.from_state_dict(state)
+    out["fingerprint"] = pm.fingerprint().hex()
+    streams = [bytes.fromhex(s) for s in args["streams"]]
+    B, seg, n = len(streams), args["segment_bytes"], args["n"]
+    lengths = np.minimum(seg, n - np.arange(B) * seg)
+    dec = BatchDecoder(streams)
+    cache = pm.new_cache(B)
+    sym = np.zeros((B, seg), dtype=np.int64)
+    sym[:, 0] = dec.decode(np.full((B, 256), 2 ** 16, dtype=np.int64), lengths > 0)
+    for t in range(1, seg):
+        sym[:, t] = dec.decode(pm.step(torch.from_numpy(sym[:, t - 1]), cache), lengths > t)
+    data = sym.astype(np.uint8).reshape(-1)[:n].tobytes()
+    out["data"] = data.hex()
+print("RESULT" + json.dumps(out))
+"""
+
+
+def run_worker(args: dict, threads: int, env_extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env.update(env_extra)
+    env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps({**args, "threads": threads})],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+    res = json.loads(line[len("RESULT"):])
+    assert res["threads"] == threads
+    if env_extra.get("ATEN_CPU_CAPABILITY") == "default":
+        assert res["capability"] == "DEFAULT"  # the setting really took effect
+    return res
+
+
+def save_ckpt(model: BytesGPT, path: Path) -> Path:
+    torch.save({"config": model.config.to_dict(), "model_state": model.state_dict()}, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ (a) cross-process determinism
+
+def _cross_process(model, tmp_path, B, n, settings_list, options=None):
+    ckpt = save_ckpt(model, tmp_path / "model.pt")
+    sym = streams_from(TEXT, B, n)
+    results = [(t, e, run_worker({"mode": "steps", "ckpt": str(ckpt), "sym": sym.tolist(),
+                                  "options": options or {}}, t, e)) for t, e in settings_list]
+    # the parent (this process, 1 thread, native ISA) computes the same thing
+    pm = P.PortableModel.from_float(model, **(options or {}))
+    h = hashlib.sha256()
+    f = run_steps(pm, sym)
+    check_freqs(f)
+    for t in range(n):
+        h.update(f[t].tobytes())
+    for t, e, r in results:
+        assert r["fingerprint"] == pm.fingerprint().hex(), (t, e)
+        assert r["freqs_sha"] == h.hexdigest(), (t, e)
+    return results
+
+
+def test_cross_process_threads_and_isa(tmp_path):
+    """(a) same freqs (sha256 over all steps) for 1/2/3 threads x native / ATEN default / oneDNN SSE41."""
+    model = tiny_model(seed=1)
+    results = _cross_process(model, tmp_path, B=5, n=40, settings_list=SETTINGS)  # n > block_size: cache rolls
+    print("float-path logits sha per setting:", {f"{t}{e}": r["float_logits_sha"][:12] for t, e, r in results})
+
+
+def test_cross_process_real_size_random_init(tmp_path):
+    """(a) on a real-size model (4 layers, 4 heads, 128 wide, block 128), default random init."""
+    torch.manual_seed(123)
+    model = BytesGPT(BytesGPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128)).eval()
+    _cross_process(model, tmp_path, B=3, n=24,
+                   settings_list=[(2, {}), (3, {"ATEN_CPU_CAPABILITY": "default"}), (1, {"ONEDNN_MAX_CPU_ISA": "SSE41"})])
+
+
+def test_cross_process_options_and_odd_shapes(tmp_path):
+    """(a) non-default options (unfolded LN gains, wider activations via float64 matmuls) and odd shapes
+    (width 48 with 3 heads, MLP ratio 3, block 20: no powers of two) are exact too."""
+    model = tiny_model(seed=4, n_embd=48, n_head=3, mlp_ratio=3, block_size=20)
+    _cross_process(model, tmp_path, B=3, n=30, options={"fold_ln_gain": False, "act_bits": 12, "mlp_hidden_bits": 12},
+                   settings_list=[(2, {}), (1, {"ATEN_CPU_CAPABILITY": "default"})])
+
+
+# ------------------------------------------------------------------------------------------ (b) batch independence
+
+def test_batch_independence():
+    """(b) a stream's freqs are identical alone and inside a batch of 8 other streams (any slot)."""
+    model = tiny_model(seed=2)
+    pm = P.PortableModel.from_float(model)
+    n = 40
+    others = streams_from(TEXT[::-1] + TEXT, 8, n)
+    target = streams_from(TEXT, 1, n)
+    alone = run_steps(pm, target)[:, 0]
+    for where in (0, 3, 8):
+        batch = np.insert(others, where, target[0], axis=0)  # (9, n)
+        f = run_steps(pm, batch)
+        check_freqs(f)
+        assert np.array_equal(f[:, where], alone), where
+
+
+def test_batch_duplicate_rows_identical():
+    """Rows with the same history in one batch give identical freqs (no cross-row reduction)."""
+    pm = P.PortableModel.from_float(tiny_model(seed=3))
+    sym = np.repeat(streams_from(TEXT, 1, 30), 6, axis=0)
+    f = run_steps(pm, sym)
+    assert all(np.array_equal(f[:, 0], f[:, b]) for b in range(6))
+
+
+# ------------------------------------------------------------------------------------------ (c) from_float determinism and dtypes
+
+def test_from_float_deterministic_across_processes(tmp_path):
+    """(c) every worker in (a) checks the fingerprint too; here: two extra settings, default options."""
+    model = tiny_model(seed=5)
+    ckpt = save_ckpt(model, tmp_path / "m.pt")
+    sym = streams_from(TEXT, 1, 2)
+    fps = {run_worker({"mode": "steps", "ckpt": str(ckpt), "sym": sym.tolist()}, t, e)["fingerprint"]
+           for t, e in [(3, {}), (1, {"ATEN_CPU_CAPABILITY": "default"})]}
+    assert fps == {P.PortableModel.from_float(model).fingerprint().hex()}
+    assert P.PortableModel.from_float(model).fingerprint() == P.PortableModel.from_float(model).fingerprint()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_checkpoints_quantize_like_their_float32_upcast(dtype):
+    """(c) a float16/bfloat16 checkpoint quantizes identically to its (exact) float32 upcast."""
+    model = tiny_model(seed=6)
+    low = tiny_model(seed=6).to(dtype)
+    up = tiny_model(seed=6)
+    up.load_state_dict({k: v.float() for k, v in low.state_dict().items()})
+    a, b = P.PortableModel.from_float(low), P.PortableModel.from_float(up)
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != P.PortableModel.from_float(model).fingerprint()  # the rounding did change weights
+    sym = streams_from(TEXT, 2, 12)
+    assert np.array_equal(run_steps(a, sym), run_steps(b, sym))
+
+
+def test_state_dict_round_trip(tmp_path):
+    """state_dict() is plain data: torch.load(weights_only=True) restores the same fingerprint and freqs."""
+    pm = P.PortableModel.from_float(tiny_model(seed=7))
+    torch.save(pm.state_dict(), tmp_path / "p.pt")
+    pm2 = P.PortableModel.from_state_dict(torch.load(tmp_path / "p.pt", weights_only=True))
+    assert pm2.fingerprint() == pm.fingerprint()
+    sym = streams_from(TEXT, 2, 20)
+    assert np.array_equal(run_steps(pm, sym), run_steps(pm2, sym))
+    assert {v.dtype for k, v in pm.tensors.items() if k.endswith(".q")} == {torch.int8}
+
+
+def test_fingerprint_sensitive_to_weights_and_options():
+    model = tiny_model(seed=8)
+    base = P.PortableModel.from_float(model).fingerprint()
+    assert P.PortableModel.from_float(model, exp_attn_per_nat=128).fingerprint() != base
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[3, 4] *= 3
+    assert P.PortableModel.from_float(model).fingerprint() != base
+
+
+# ------------------------------------------------------------------------------------------ (d) coding round trip
+
+def test_round_trip_in_process_and_across_processes(tmp_path):
+    """(d) encode here (1 thread); decode here, and in workers with 2 threads and with the default ISA."""
+    pm = P.PortableModel.from_float(tiny_model(seed=9))
+    data = TEXT[:300] + bytes(range(256)) + TEXT[-200:]
+    seg = 100
+    streams = lockstep_encode(data, pm, seg)
+    assert lockstep_decode(streams, len(data), pm, seg) == data
+    torch.save(pm.state_dict(), tmp_path / "p.pt")
+    for threads, env in [(2, {}), (3, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"})]:
+        r = run_worker({"mode": "decode", "state": str(tmp_path / "p.pt"), "streams": [s.hex() for s in streams],
+                        "n": len(data), "segment_bytes": seg}, threads, env)
+        assert r["fingerprint"] == pm.fingerprint().hex()
+        assert bytes.fromhex(r["data"]) == data
+
+
+def test_round_trip_with_coder_directly():
+    """(d) BatchEncoder/BatchDecoder driven by portable freqs, step by step (ragged segment lengths)."""
+    pm = P.PortableModel.from_float(tiny_model(seed=10))
+    sym = streams_from(TEXT, 4, 30)
+    lengths = np.array([30, 17, 1, 29])
+    enc = BatchEncoder(4)
+    cache = pm.new_cache(4)
+    enc.encode(uniform(4), sym[:, 0], lengths > 0)
+    for t in range(1, 30):
+        enc.encode(pm.step(torch.from_numpy(sym[:, t - 1]), cache), sym[:, t], lengths > t)
+    streams = enc.finish()
+    dec = BatchDecoder(streams)
+    cache = pm.new_cache(4)
+    out = np.zeros_like(sym)
+    out[:, 0] = dec.decode(uniform(4), lengths > 0)
+    for t in range(1, 30):
+        out[:, t] = dec.decode(pm.step(torch.from_numpy(out[:, t - 1]), cache), lengths > t)
+    for b in range(4):
+        assert np.array_equal(out[b, :lengths[b]], sym[b, :lengths[b]])
+
+
+# ------------------------------------------------------------------------------------------ numerics
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_freqs_from_indices_contract(data):
+    """Any index pattern (incl. all at the max, one max and the rest at the table end) gives valid freqs."""
+    pm = _shared_pm()
+    n_tab = len(pm._exp_logit_np)
+    B = data.draw(st.integers(1, 4))
+    kind = data.draw(st.sampled_from(["random", "zeros", "one_peak", "ties"]))
+    if kind == "random":
+        ind = np.array(data.draw(st.lists(st.integers(0, n_tab - 1), min_size=256 * B, max_size=256 * B))).reshape(B, 256)
+    elif kind == "zeros":
+        ind = np.zeros((B, 256), dtype=np.int64)
+    elif kind == "one_peak":
+        ind = np.full((B, 256), n_tab - 1, dtype=np.int64)
+        ind[:, data.draw(st.integers(0, 255))] = 0
+    else:
+        ind = np.full((B, 256), data.draw(st.integers(1, n_tab - 1)), dtype=np.int64)
+        ind[:, :data.draw(st.integers(1, 255))] = 0
+    ind[:, data.draw(st.integers(0, 255))] = 0  # a real row always has an entry at the max (index 0)
+    check_freqs(pm.freqs_from_indices(ind))
+
+
+_PM = None
+
+
+def _shared_pm():
+    global _PM
+    if _PM is None:
+        _PM = P.PortableModel.from_float(tiny_model(seed=11))
+    return _PM
+
+
+def test_tables_are_accurate():
+    """Tables from exact software arithmetic agree with libm to their own rounding."""
+    pm = _shared_pm()
+    t = pm.tensors
+    K = pm.options["exp_attn_per_nat"]
+    ea = t["table.exp_attn"].double().numpy()
+    assert ea[0] == 2 ** 15 and ea[-1] == 0
+    assert np.abs(ea - np.round(2 ** 15 * np.exp(-np.arange(len(ea)) / K))).max() <= 1
+    el = t["table.exp_logit"].numpy()
+    assert el[0] == 2 ** 32 and el[-1] == 0
+    g = t["table.gelu"].double()
+    k, R = pm.options["gelu_log2_step"], pm.options["gelu_range"]
+    x = torch.arange(-R * 2 ** k, R * 2 ** k + 1, dtype=torch.float64) / 2 ** k
+    assert (g - torch.nn.functional.gelu(x)).abs().max() < 1e-6
+    assert g[-1] == R
+    F = t["rope.turns"].numpy().view(np.uint64)
+    hs = pm.head_size
+    theta = pm.config["rope_base"] ** (-np.arange(0, hs, 2) / hs)
+    assert np.allclose(F.astype(np.float64) / 2.0 ** 64 * 2 * math.pi, theta, rtol=1e-12)
+    for pos in (0, 1, 7, 1000, 123457):
+        cos, sin = pm._rope_vectors(pos, "cpu")
+        ang = pos * theta
+        assert np.abs(cos.numpy()[: hs // 2] - np.cos(ang)).max() < 2e-5
+        assert np.abs(sin.numpy()[hs // 2: hs] - np.sin(ang)).max() < 2e-5
+        assert (cos.numpy()[-pm.n_embd:] == 1).all() and (sin.numpy()[-pm.n_embd:] == 0).all()
+
+
+@pytest.mark.parametrize("cfg", [{}, {"n_embd": 48, "n_head": 3, "mlp_ratio": 3, "block_size": 20}])
+def test_close_to_float_model(cfg):
+    """Quality sanity on a random model: portable freqs are close to the float path's (small KL)."""
+    model = tiny_model(seed=12, std=0.3, **cfg)
+    pm = P.PortableModel.from_float(model)
+    sym = streams_from(TEXT, 3, 40)
+    f = run_steps(pm, sym)
+    cache = model.new_cache(3)
+    kl = []
+    with torch.inference_mode():
+        for t in range(sym.shape[1]):
+            p = torch.softmax(model.step(torch.from_numpy(sym[:, t]), cache), -1).double().numpy()
+            q = f[t] / 2.0 ** 24
+            kl.append((p * (np.log(p + 1e-300) - np.log(q))).sum(-1).mean())
+    assert np.mean(kl) < 0.02, np.mean(kl)
+
+
+def test_bounds_are_enforced():
+    with pytest.raises(ConfigError, match="block_size 1024 > 512"):
+        P.PortableModel.from_float(tiny_model(seed=0, block_size=1024))
+    with pytest.raises(ValueError):
+        P.PortableModel.from_float(tiny_model(seed=0), qk_bits=13)  # 4095^2 * 16 > 2**24
+    with pytest.raises(ValueError):
+        P.PortableModel.from_float(tiny_model(seed=0), v_bits=15)  # too few attention-weight levels
+    with pytest.raises(ConfigError, match="--numerics float"):
+        P.PortableModel.from_float(tiny_model(seed=0, bias=True))
+    with pytest.raises(ValueError):
+        P.PortableModel.from_float(tiny_model(seed=0), no_such_option=1)
+
+
+def test_non_finite_weights_rejected():
+    model = tiny_model(seed=13)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        P.PortableModel.from_float(model)
+
+
+def test_nan_activations_raise_instead_of_diverging():
+    """A NaN reaching a table index raises (deterministically) rather than giving machine-dependent freqs."""
+    state = P.PortableModel.from_float(tiny_model(seed=13)).state_dict()
+    state["tensors"]["h.0.mlp.c_fc.s"][0] = float("inf")
+    pm = P.PortableModel.from_state_dict(state)
+    with pytest.raises((IndexError, RuntimeError)):
+        run_steps(pm, streams_from(TEXT, 1, 3))
+
+
+def test_reduced_precision_matmul_settings_are_overridden_and_restored():
+    """A caller that enabled bf16/TF32 fp32 matmuls gets identical freqs, and its setting back."""
+    pm = P.PortableModel.from_float(tiny_model(seed=14))
+    sym = streams_from(TEXT, 2, 20)
+    ref = run_steps(pm, sym)
+    mk = torch.backends.mkldnn.matmul
+    prev = mk.fp32_precision
+    try:
+        mk.fp32_precision = "bf16"
+        assert np.array_equal(run_steps(pm, sym), ref)
+        assert mk.fp32_precision == "bf16"
+    finally:
+        mk.fp32_precision = prev
