@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from .codec.container import MAX_OUTPUT_BYTES, NUMERICS
 from .errors import ConfigError, exit_status
 from .files import check_input_file, check_output_file, read_input, write_bytes
 from .training.config import TRAIN_DESCRIPTION, TRAIN_INTERRUPTED, add_train_arguments
@@ -52,13 +53,14 @@ def cmd_compress(args) -> int:
     from .codec.neural import compress_with_stats
 
     def transform(data, model):
-        return compress_with_stats(data, model, segments=args.segments, segment_bytes=args.segment_bytes,
-                                   progress=not args.quiet)
+        return compress_with_stats(data, model, numerics=args.numerics, segments=args.segments,
+                                   segment_bytes=args.segment_bytes, progress=not args.quiet)
 
     return _transform_file(args, transform, lambda stats: (
         f"{stats.original_bytes:,} -> {stats.compressed_bytes:,} bytes, {stats.bits_per_byte:.4f} bits/byte "
         f"(ideal {stats.ideal_bits / max(stats.original_bytes, 1):.4f}, overhead {stats.overhead_percent:.3f}%), "
-        f"{stats.bytes_per_second / 1024:.1f} KB/s with {stats.segments} streams"))
+        f"{stats.numerics} numerics, {stats.bytes_per_second / 1024:.1f} KB/s with {stats.segments} streams"
+        + (f", {stats.stored_segments} segments stored as they are" if stats.stored_segments else "")))
 
 
 def cmd_decompress(args) -> int:
@@ -66,7 +68,8 @@ def cmd_decompress(args) -> int:
 
     def transform(blob, model):
         return decompress_with_stats(blob, model, progress=not args.quiet,
-                                     allow_compute_mismatch=args.ignore_compute_mismatch)
+                                     allow_compute_mismatch=args.ignore_compute_mismatch,
+                                     max_output_bytes=args.max_output_bytes)
 
     return _transform_file(args, transform, lambda stats: (
         f"{stats.compressed_bytes:,} -> {stats.original_bytes:,} bytes, checksum verified, "
@@ -161,17 +164,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("input")
         p.add_argument("output")
         p.add_argument("--model", required=True, help="checkpoint (.pt) of the model")
-        p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto; decoding needs the compressing setting")
+        p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto (portable files decode on any of them)")
         p.add_argument("--json", action="store_true", help="print a one-line JSON summary")
         p.add_argument("--force", action="store_true", help="overwrite an existing output file")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "compress":
+            p.add_argument("--numerics", choices=NUMERICS, default="portable",
+                           help="portable (default): bit-exact, decodes on any machine; float: the model's own float "
+                                "arithmetic, decodes only under the same compute setting")
             group = p.add_mutually_exclusive_group()
             group.add_argument("--segments", type=int, default=None, help="number of independent streams")
             group.add_argument("--segment-bytes", type=int, default=None, help="bytes per stream (default adapts to size)")
         else:
             p.add_argument("--ignore-compute-mismatch", action="store_true",
-                           help="try to decode a file made under another device/dtype/torch version; the checksum decides")
+                           help="float-numerics files: try to decode under another compute setting; the checksum decides")
+            p.add_argument("--max-output-bytes", type=int, default=MAX_OUTPUT_BYTES,
+                           help="refuse files that claim to decode to more than this (default: 4 GiB)")
 
     run = sub.add_parser("run", help="run the four notebooks in order with papermill into one run directory")
     run.set_defaults(handler=cmd_run)

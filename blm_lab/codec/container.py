@@ -1,52 +1,70 @@
-"""The compressed-file container: the one place that knows its byte layout.
+"""The compressed-file container: the one place that knows its byte layout, and the checks that make a
+hostile or damaged file fail cleanly before any work.
 
-Layout (all integers little-endian; ``varint`` is unsigned LEB128)::
+Layout, version 2 (integers little-endian; ``varint`` is unsigned LEB128, ``str8`` a u8 length then
+UTF-8 bytes)::
 
     magic            4 bytes   b"BLMZ"
-    version          u8        FORMAT_VERSION
-    precision        u8        the coder's frequency precision (totals are 2**precision)
+    version          u8        FORMAT_VERSION (2)
+    mode             u8        0 = coded by a model, 1 = stored (the original bytes follow the header)
     original_length  varint
     checksum         8 bytes   first 8 bytes of sha256(original)
-    model_fp         16 bytes  fingerprint of the model (config and weights)
-    device_type      str8      compute setting: "cpu" / "cuda"
-    dtype            str8      "float32", ...
-    torch_version    str8
+    -- mode 0 only --
+    numerics         u8        0 = portable (bit-exact everywhere), 1 = float (needs the same setting)
+    mixing           u8        0 = none (the model's byte distributions are coded directly)
+    precision        u8        the coder's frequency precision (totals are 2**precision)
+    model_fp         16 bytes  the model's fingerprint (portable: its integer weights and tables)
+    n_setting        varint    float numerics: the compute setting as (str8 key, str8 value) pairs
+    setting          n_setting pairs
     segment_bytes    varint    original bytes per segment (the last may be shorter)
-    n_segments       varint
-    stream_lengths   n_segments varints: compressed bytes of each segment's stream
+    n_segments       varint    = ceil(original_length / segment_bytes)
+    segment_table    n_segments varints: stream_length << 1 | stored (a stored segment's stream is its bytes)
+    -- both modes --
     header_crc       u32       crc32 of every header byte above
-    payload          the streams, concatenated in segment order
+    payload          mode 0: the streams, concatenated in segment order; mode 1: the original bytes
 
-``str8`` is a u8 length then UTF-8 bytes. A reader checks, in order: magic, version, the header's
-crc32 (a flipped bit in the header is named as such), that the payload holds exactly the bytes
-the stream table promises (truncation or trailing garbage), and leaves the model, compute-setting
-and checksum checks to the decompressor, which knows the model and the device.
+Stored mode is what ``compress`` writes when coding would not make the file smaller: its size is the
+input plus ``stored_overhead(n)`` bytes (18 + the varint of n: at most 23 for inputs under 32 GiB).
+A reader checks, in order and before allocating anything: magic, version (version 1, blm_lab 0.1, is
+refused by name), the header's crc32, that every length is consistent (segments cover the original
+exactly, stored segments hold their own length, the streams fill the payload exactly), that no
+coded segment claims more bytes than its stream could possibly hold, and that the output fits
+``max_output_bytes``. The model, the setting and the checksum are the decompressor's to check.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import ContainerError
 
 MAGIC = b"BLMZ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MODE_CODED, MODE_STORED = 0, 1
+NUMERICS = ("portable", "float")  # the numerics byte indexes this
+MIXING = ("none",)  # the mixing byte indexes this
+MAX_OUTPUT_BYTES = 1 << 32  # the default cap on what a file may claim to decode to
+CHECKSUM_BYTES = 8
+FINGERPRINT_BYTES = 16
 
 
 @dataclass
 class Header:
-    precision: int
     original_length: int
-    checksum: bytes  # 8 bytes
-    model_fingerprint: bytes  # 16 bytes
-    device_type: str
-    dtype: str
-    torch_version: str
-    segment_bytes: int
-    stream_lengths: list[int]
+    checksum: bytes  # CHECKSUM_BYTES
+    stored: bool = False  # mode 1: the payload is the original
+    numerics: str = "portable"
+    mixing: str = "none"
+    precision: int = 24
+    model_fingerprint: bytes = bytes(FINGERPRINT_BYTES)
+    setting: dict[str, str] = field(default_factory=dict)  # float numerics only
+    segment_bytes: int = 1
+    stream_lengths: list[int] = field(default_factory=list)
+    stored_segments: list[bool] = field(default_factory=list)
 
     @property
     def n_segments(self) -> int:
@@ -59,7 +77,20 @@ class Header:
 
 
 def checksum(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()[:8]
+    return hashlib.sha256(data).digest()[:CHECKSUM_BYTES]
+
+
+def stored_overhead(n: int) -> int:
+    """Bytes a stored (mode 1) container adds to an n-byte input: magic, version, mode, length, checksum, crc."""
+    return len(MAGIC) + 2 + len(_varint(n)) + CHECKSUM_BYTES + 4
+
+
+def max_symbols(stream_bytes: int, precision: int, num_symbols: int) -> int:
+    """The most symbols a stream of ``stream_bytes`` can hold: every symbol costs at least
+    -log2((2**precision - num_symbols + 1) / 2**precision) bits (every frequency is >= 1), and the
+    encoder's output is at least the cost of what it coded minus 64 bits (its final interval)."""
+    least_bits = -math.log2((2**precision - num_symbols + 1) / 2**precision)
+    return int((8 * stream_bytes + 64) / least_bits) + 1
 
 
 def _varint(value: int) -> bytes:
@@ -109,59 +140,97 @@ class _Reader:
         return self.take(self.u8()).decode("utf-8", errors="replace")
 
 
-def pack(header: Header, streams: list[bytes]) -> bytes:
-    assert len(streams) == header.n_segments and all(len(s) == n for s, n in zip(streams, header.stream_lengths))
+def pack(header: Header, payload_parts: list[bytes]) -> bytes:
+    """The container bytes: ``payload_parts`` are the streams (or, stored, the original as one part)."""
     head = bytearray(MAGIC)
-    head += bytes([FORMAT_VERSION, header.precision])
-    head += _varint(header.original_length)
-    head += header.checksum
-    head += header.model_fingerprint
-    head += _str8(header.device_type) + _str8(header.dtype) + _str8(header.torch_version)
-    head += _varint(header.segment_bytes) + _varint(header.n_segments)
-    for n in header.stream_lengths:
-        head += _varint(n)
+    head += bytes([FORMAT_VERSION, MODE_STORED if header.stored else MODE_CODED])
+    head += _varint(header.original_length) + header.checksum
+    if not header.stored:
+        assert len(payload_parts) == header.n_segments == len(header.stored_segments)
+        assert all(len(s) == n for s, n in zip(payload_parts, header.stream_lengths))
+        assert len(header.model_fingerprint) == FINGERPRINT_BYTES
+        head += bytes([NUMERICS.index(header.numerics), MIXING.index(header.mixing), header.precision])
+        head += header.model_fingerprint
+        head += _varint(len(header.setting))
+        for key, value in header.setting.items():
+            head += _str8(key) + _str8(value)
+        head += _varint(header.segment_bytes) + _varint(header.n_segments)
+        for n, stored in zip(header.stream_lengths, header.stored_segments):
+            head += _varint(n << 1 | int(stored))
     head += struct.pack("<I", zlib.crc32(head))
-    return bytes(head) + b"".join(streams)
+    return bytes(head) + b"".join(payload_parts)
 
 
-def unpack(blob: bytes) -> tuple[Header, list[bytes]]:
-    """Parse and check the container; returns the header and each segment's stream."""
+def unpack(blob: bytes, max_output_bytes: int = MAX_OUTPUT_BYTES) -> tuple[Header, list[bytes]]:
+    """Parse and check the container; returns the header and the payload parts (streams, or the original)."""
     if len(blob) < 4 or blob[:4] != MAGIC:
         raise ContainerError("not a blm_lab compressed file (wrong magic bytes); check the input file")
     r = _Reader(blob)
     r.take(4)
     version = r.u8()
+    if version == 1:
+        raise ContainerError("this file is container version 1 (blm_lab 0.1): its float arithmetic was recorded too "
+                             "incompletely to be decoded safely elsewhere; decompress it with blm_lab 0.1 on the "
+                             "machine that made it")
     if version != FORMAT_VERSION:
         raise ContainerError(f"unsupported container version {version} (this blm_lab reads version {FORMAT_VERSION}); "
                              "use the blm_lab release that wrote it")
-    precision = r.u8()
+    mode = r.u8()
+    if mode not in (MODE_CODED, MODE_STORED):
+        raise ContainerError(f"the header is corrupted: unknown mode {mode}")
     original_length = r.varint()
-    digest = r.take(8)
-    model_fp = r.take(16)
-    device_type, dtype, torch_version = r.str8(), r.str8(), r.str8()
-    segment_bytes = r.varint()
-    n_segments = r.varint()
-    if n_segments > len(blob):
-        raise ContainerError("the header is corrupted: impossible segment count")
-    stream_lengths = [r.varint() for _ in range(n_segments)]
+    digest = r.take(CHECKSUM_BYTES)
+    header = Header(original_length=original_length, checksum=digest, stored=mode == MODE_STORED)
+    if not header.stored:
+        numerics, mixing, header.precision = r.u8(), r.u8(), r.u8()
+        if numerics >= len(NUMERICS) or mixing >= len(MIXING) or not 1 <= header.precision <= 32:
+            raise ContainerError("the header is corrupted (or written by a newer blm_lab): unknown numerics, "
+                                 "mixing or precision")
+        header.numerics, header.mixing = NUMERICS[numerics], MIXING[mixing]
+        header.model_fingerprint = r.take(FINGERPRINT_BYTES)
+        n_setting = r.varint()
+        if n_setting > len(blob):
+            raise ContainerError("the header is corrupted: impossible setting count")
+        header.setting = {r.str8(): r.str8() for _ in range(n_setting)}
+        header.segment_bytes, n_segments = r.varint(), r.varint()
+        if n_segments > len(blob):
+            raise ContainerError("the header is corrupted: impossible segment count")
+        table = [r.varint() for _ in range(n_segments)]
+        header.stream_lengths = [entry >> 1 for entry in table]
+        header.stored_segments = [bool(entry & 1) for entry in table]
     header_end = r.pos
     (crc,) = struct.unpack("<I", r.take(4))
     if crc != zlib.crc32(blob[:header_end]):
         raise ContainerError("the header is corrupted (crc32 mismatch); the file was damaged")
-    header = Header(precision, original_length, digest, model_fp, device_type, dtype, torch_version,
-                    segment_bytes, stream_lengths)
-    if n_segments and (segment_bytes == 0 or (n_segments - 1) * segment_bytes >= original_length
-                       or n_segments * segment_bytes < original_length):
-        raise ContainerError("the header is corrupted: the segment table does not cover the original length")
     payload = blob[r.pos:]
-    expected = sum(stream_lengths)
+    if original_length > max_output_bytes:
+        raise ContainerError(f"the file claims to decode to {original_length:,} bytes, more than the limit of "
+                             f"{max_output_bytes:,}; raise max_output_bytes if that is expected")
+    if header.stored:
+        if len(payload) != original_length:
+            raise ContainerError(f"the stored file holds {len(payload)} bytes, the header promises {original_length}; "
+                                 "the file was cut short or appended to")
+        return header, [payload]
+    _check_segments(header, payload)
+    streams, pos = [], 0
+    for n in header.stream_lengths:
+        streams.append(payload[pos:pos + n])
+        pos += n
+    return header, streams
+
+
+def _check_segments(header: Header, payload: bytes) -> None:
+    n, seg, count = header.original_length, header.segment_bytes, header.n_segments
+    if seg < 1 or count != (-(-n // seg) if n else 0):
+        raise ContainerError("the header is corrupted: the segment table does not cover the original length")
+    for length, stream, stored in zip(header.segment_lengths(), header.stream_lengths, header.stored_segments):
+        if stored and stream != length:
+            raise ContainerError("the header is corrupted: a stored segment does not hold its own length")
+        if not stored and length > max_symbols(stream, header.precision, 256):
+            raise ContainerError("the header is corrupted: a segment claims more bytes than its stream can hold")
+    expected = sum(header.stream_lengths)
     if len(payload) < expected:
         raise ContainerError(f"the file is truncated: {len(payload)} payload bytes, the header promises {expected}; "
                              "the file was cut short")
     if len(payload) > expected:
         raise ContainerError(f"the file has {len(payload) - expected} unexpected trailing bytes; it was damaged or appended to")
-    streams, pos = [], 0
-    for n in stream_lengths:
-        streams.append(payload[pos:pos + n])
-        pos += n
-    return header, streams

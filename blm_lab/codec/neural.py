@@ -1,22 +1,37 @@
 """Lossless compression of real files with a byte model and the project's arithmetic coder.
 
-The input is cut into segments that are coded as independent streams, advanced in lock-step: one
-``model.step`` call predicts the next byte of every segment at once, one ``BatchEncoder.encode``
-call codes them. The decoder runs *the identical computation*: the same step() calls with the same
-batch shape on the same device and dtype, so its probabilities are bit-identical to the encoder's.
-Floating point makes anything else unsafe; a faster full-sequence pass (``scoring.window_bits``)
-may estimate sizes but never produces the code.
+The input is cut into segments that are coded as independent streams, advanced in lock-step: at each
+step one call gives the integer frequencies of the next byte of every segment at once, and one
+``BatchEncoder.encode`` call codes them. The decoder runs the same loop, so it must get the same
+integers. Two numerics give them:
+
+* ``portable`` (the default): ``codec.portable``, an integer model whose frequencies are a pure function
+  of the weights and the bytes coded so far, the same on every machine, thread count, instruction set,
+  batch size and device. Its file decodes anywhere; the container records only the fingerprint of
+  its integer weights and tables.
+* ``float``: the model's own float ``step()``, softmax and ``coder.quantize``; slightly faster on some
+  settings, but its last bits depend on the arithmetic. The container records everything that changes
+  it (torch version, device, dtype, threads, CPU capability and model, BLAS and oneDNN, GPU, TF32 and
+  cuBLAS settings); the decoder pins the thread count and refuses any other difference up front.
 
 Every segment's first byte is coded with the uniform distribution (there is no context yet); each
-later byte with the model's prediction from the rolling KV cache, which always holds the last
+later byte with the model's prediction from its rolling KV cache, which always holds the last
 block_size bytes of the segment, so the cost per byte does not grow with the input.
+
+Never expanding: a segment whose stream would be no shorter than the segment itself is stored as its
+bytes, and a file that would not shrink at all is stored whole: the output is at most the input plus
+``container.stored_overhead(n)`` bytes (23 for anything under 32 GiB).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import platform
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,12 +39,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import CompressionError, ConfigError, ContainerError, StreamError
+from ..errors import CompressionError, ConfigError, StreamError
 from . import container
 from .coder import PRECISION, BatchDecoder, BatchEncoder, ideal_bits, quantize
+from .portable import PortableModel
 
 MAX_STREAMS = 256  # default segmentation: at most this many lock-step streams ...
 MIN_SEGMENT_BYTES = 4096  # ... each at least this long (shorter segments lose too much context)
+NUMERICS = container.NUMERICS
 
 
 @dataclass
@@ -38,12 +55,14 @@ class CompressionStats:
 
     original_bytes: int
     compressed_bytes: int  # the whole container: header, segment table and streams
-    ideal_bits: float  # -sum log2(freq / 2**precision) of the coded bytes: the coder's target, header excluded
+    ideal_bits: float  # -sum log2(freq / 2**precision) of the coded bytes, 8 per stored byte; header excluded
     seconds: float
     segments: int  # lock-step streams
     segment_bytes: int
-    model_seconds: float  # time in model.step + softmax
-    coder_seconds: float  # time in quantise + arithmetic coding
+    stored_segments: int  # segments kept as their own bytes (coding them would not have made them smaller)
+    numerics: str  # "portable", "float", or "stored" (the whole file kept as it is)
+    model_seconds: float  # producing the integer frequencies (the model and its quantisation)
+    coder_seconds: float  # arithmetic coding
 
     @property
     def bits_per_byte(self) -> float:
@@ -68,21 +87,134 @@ class CompressionStats:
                 "bytes_per_second": self.bytes_per_second, "coder_share_percent": self.coder_share_percent}
 
 
-# ----------------------------------------------------------------------------- fingerprints and settings
+# ----------------------------------------------------------------------------- the two numerics
 
 def model_fingerprint(model: torch.nn.Module) -> bytes:
-    """16 bytes identifying a model: sha256 of its config and every weight, in state-dict order."""
+    """16 bytes identifying a float model: sha256 of its config and every weight, in state-dict order."""
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-    return h.digest()[:16]
+    return h.digest()[:container.FINGERPRINT_BYTES]
 
 
-def compute_setting(model: torch.nn.Module) -> dict:
+def _library_versions() -> dict[str, str]:
+    config = torch.__config__.show()
+    blas = re.search(r"Math Kernel Library Version ([^\s]+)", config) or re.search(r"BLAS_INFO=(\w+)", config)
+    onednn = re.search(r"MKL-DNN v([\d.]+)", config) or re.search(r"oneDNN v([\d.]+)", config)
+    return {"blas": blas.group(1) if blas else "", "onednn": onednn.group(1) if onednn else ""}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        return found.group(1).strip() if found else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+def compute_setting(model: torch.nn.Module) -> dict[str, str]:
+    """Everything that changes the float path's arithmetic, as strings (the container stores them)."""
     p = next(model.parameters())
-    return {"device_type": p.device.type, "dtype": str(p.dtype).removeprefix("torch."), "torch_version": torch.__version__}
+    setting = {"torch": torch.__version__, "device": p.device.type, "dtype": str(p.dtype).removeprefix("torch.")}
+    if p.device.type == "cuda":
+        matmul = torch.backends.cuda.matmul
+        setting.update(gpu=torch.cuda.get_device_name(p.device), cuda=str(torch.version.cuda),
+                       cudnn=str(torch.backends.cudnn.version()), tf32_matmul=str(matmul.allow_tf32),
+                       tf32_cudnn=str(torch.backends.cudnn.allow_tf32),
+                       fp16_reduced=str(matmul.allow_fp16_reduced_precision_reduction),
+                       bf16_reduced=str(matmul.allow_bf16_reduced_precision_reduction),
+                       cublas_workspace=os.environ.get("CUBLAS_WORKSPACE_CONFIG", ""))
+    else:
+        setting.update(threads=str(torch.get_num_threads()), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                       cpu=_cpu_model(), onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+                       mkl_cbwr=os.environ.get("MKL_CBWR", ""), **_library_versions())
+    return setting
 
+
+class PortablePredictor:
+    """Frequencies from ``codec.portable``: bit-identical everywhere (the default numerics)."""
+
+    numerics = "portable"
+
+    def __init__(self, model):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.portable = PortableModel.from_float(model)
+
+    def fingerprint(self) -> bytes:
+        return self.portable.fingerprint()[:container.FINGERPRINT_BYTES]
+
+    def setting(self) -> dict[str, str]:
+        return {}  # the fingerprint is the whole contract
+
+    def new_cache(self, batch_size: int):
+        return self.portable.new_cache(batch_size, self.device)
+
+    def freqs(self, previous: np.ndarray, cache) -> np.ndarray:
+        return self.portable.step(torch.from_numpy(previous), cache)
+
+    @contextlib.contextmanager
+    def running(self, setting: dict | None = None):
+        yield
+
+
+class FloatPredictor:
+    """Frequencies from the model's float step(), softmax and ``coder.quantize``: exact only under the
+    same compute setting (see ``compute_setting``)."""
+
+    numerics = "float"
+
+    def __init__(self, model):
+        self.model = model
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
+    def fingerprint(self) -> bytes:
+        return model_fingerprint(self.model)
+
+    def setting(self) -> dict[str, str]:
+        return compute_setting(self.model)
+
+    def new_cache(self, batch_size: int):
+        return self.model.new_cache(batch_size, device=self.device, dtype=self.dtype)
+
+    def freqs(self, previous: np.ndarray, cache) -> np.ndarray:
+        logits = self.model.step(torch.from_numpy(previous).to(self.device), cache)  # (B, 256)
+        return quantize(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+
+    @contextlib.contextmanager
+    def running(self, setting: dict | None = None):
+        """Eval mode and no autograd for the loop; with a decoded file's ``setting``, its thread count."""
+        threads = torch.get_num_threads()
+        if setting and setting.get("threads"):
+            torch.set_num_threads(int(setting["threads"]))
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(threads)
+
+
+def make_predictor(model, numerics: str = "portable"):
+    if numerics not in NUMERICS:
+        raise ConfigError(f"numerics {numerics!r} is not one of {', '.join(NUMERICS)}")
+    return PortablePredictor(model) if numerics == "portable" else FloatPredictor(model)
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """The model in eval mode for the loop, its train/eval mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------- segmentation
 
 def default_segment_bytes(n: int, max_streams: int = MAX_STREAMS, min_segment: int = MIN_SEGMENT_BYTES) -> int:
     """Segments of at least ``min_segment`` bytes, and no more than ``max_streams`` of them."""
@@ -103,90 +235,87 @@ def _segment_bytes(n: int, segments: int | None, segment_bytes: int | None) -> i
     return default_segment_bytes(n)
 
 
+def _segment_lengths(n: int, segment_bytes: int) -> np.ndarray:
+    n_segments = math.ceil(n / segment_bytes) if n else 0
+    return np.minimum(segment_bytes, n - np.arange(n_segments, dtype=np.int64) * segment_bytes)
+
+
+def _segment_matrix(data: bytes, segment_bytes: int, n_segments: int) -> np.ndarray:
+    """(B, segment_bytes) uint8: byte t of segment b at [b, t]; the last segment's tail is 0."""
+    padded = np.zeros(n_segments * segment_bytes, dtype=np.uint8)
+    padded[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return padded.reshape(n_segments, segment_bytes)
+
+
 # ----------------------------------------------------------------------------- the lock-step loop
 
 @dataclass
 class _LoopTimes:
-    model_seconds: float = 0.0  # model.step + softmax
-    coder_seconds: float = 0.0  # quantise + arithmetic coding
-    ideal_bits: float = 0.0  # -sum log2(freq / 2**precision) of the coded bytes
-
-
-def _lockstep(model, lengths: np.ndarray, code, label: str, progress: bool) -> tuple[np.ndarray, _LoopTimes]:
-    """The loop both sides run, so their model arithmetic is the same computation by construction.
-
-    ``code(freqs, active) -> symbols`` codes one byte per active stream (the encoder encodes the known
-    bytes and returns them, the decoder decodes and returns them). Step 0 uses the uniform distribution;
-    every later step feeds each stream's previous byte to ``model.step`` with the batch shape fixed at
-    B = len(lengths) (finished streams keep feeding 0 and are masked out of the coder), on the model's
-    own device and dtype. Returns symbols (B, max length) and the measured times.
-    """
-    B = len(lengths)
-    steps = int(lengths.max())
-    p = next(model.parameters())
-    cache = model.new_cache(B, device=p.device, dtype=p.dtype)
-    times = _LoopTimes()
-    symbols = np.zeros((B, steps), dtype=np.int64)
-    bar = tqdm(total=int(lengths.sum()), desc=label, unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
-
-    def code_step(pos: int, freqs: np.ndarray) -> None:
-        t = time.perf_counter()
-        active = lengths > pos
-        symbols[:, pos] = code(freqs, active)
-        times.coder_seconds += time.perf_counter() - t
-        times.ideal_bits += ideal_bits(freqs[active], symbols[active, pos])
-        bar.update(int(active.sum()))
-
-    model.eval()
-    code_step(0, _uniform_freqs(B))
-    with torch.inference_mode():
-        for pos in range(1, steps):
-            t = time.perf_counter()
-            logits = model.step(torch.from_numpy(symbols[:, pos - 1]).to(p.device), cache)  # (B, 256)
-            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, 256) float32
-            t_coder = time.perf_counter()
-            times.model_seconds += t_coder - t
-            freqs = quantize(probs)
-            times.coder_seconds += time.perf_counter() - t_coder
-            code_step(pos, freqs)
-    bar.close()
-    return symbols, times
+    model_seconds: float = 0.0
+    coder_seconds: float = 0.0
 
 
 def _uniform_freqs(n_streams: int) -> np.ndarray:
-    return quantize(np.full((n_streams, 256), 1.0 / 256, dtype=np.float32))
+    return np.full((n_streams, 256), (1 << PRECISION) // 256, dtype=np.int64)
 
 
-def _lengths_and_offsets(n: int, segment_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    n_segments = math.ceil(n / segment_bytes) if n else 0
-    offsets = np.arange(n_segments, dtype=np.int64) * segment_bytes
-    lengths = np.minimum(segment_bytes, n - offsets)
-    return lengths, offsets
+def _lockstep(predictor, lengths: np.ndarray, code, label: str, progress: bool):
+    """The loop both sides run, so their frequencies are the same computation by construction.
+
+    ``code(freqs, active) -> symbols`` codes one byte per active stream (the encoder encodes the known
+    bytes and returns them, the decoder decodes and returns them). Step 0 uses the uniform distribution;
+    every later step feeds each stream's previous byte to the predictor with the batch fixed at
+    B = len(lengths) (finished streams keep feeding 0 and are masked out of the coder). Returns the
+    symbols (B, max length) uint8, each stream's ideal bits (B,), and the measured times.
+    """
+    B = len(lengths)
+    steps = int(lengths.max())
+    cache = predictor.new_cache(B)
+    times = _LoopTimes()
+    symbols = np.zeros((B, steps), dtype=np.uint8)
+    bits = np.zeros(B, dtype=np.float64)
+    bar = tqdm(total=int(lengths.sum()), desc=label, unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    freqs = _uniform_freqs(B)
+    for pos in range(steps):
+        if pos:
+            t = time.perf_counter()
+            freqs = predictor.freqs(symbols[:, pos - 1].astype(np.int64), cache)  # (B, 256) int64
+            times.model_seconds += time.perf_counter() - t
+        active = lengths > pos
+        t = time.perf_counter()
+        coded = code(freqs, active)
+        times.coder_seconds += time.perf_counter() - t
+        symbols[:, pos] = coded
+        chosen = np.take_along_axis(freqs, coded.astype(np.int64)[:, None], axis=1)[:, 0]
+        bits += np.where(active, PRECISION - np.log2(chosen), 0.0)
+        bar.update(int(active.sum()))
+    bar.close()
+    return symbols, bits, times
 
 
-def _stats(n: int, blob: bytes, times: _LoopTimes, t_start: float, segments: int, segment_bytes: int) -> CompressionStats:
-    return CompressionStats(original_bytes=n, compressed_bytes=len(blob), ideal_bits=times.ideal_bits,
-                            seconds=time.perf_counter() - t_start, segments=segments, segment_bytes=segment_bytes,
+def _stats(n: int, blob: bytes, ideal: float, times: _LoopTimes, t_start: float, segments: int, segment_bytes: int,
+           stored_segments: int, numerics: str) -> CompressionStats:
+    return CompressionStats(original_bytes=n, compressed_bytes=len(blob), ideal_bits=float(ideal),
+                            seconds=time.perf_counter() - t_start, segments=int(segments),
+                            segment_bytes=int(segment_bytes), stored_segments=int(stored_segments), numerics=numerics,
                             model_seconds=times.model_seconds, coder_seconds=times.coder_seconds)
 
 
-def compress_with_stats(data: bytes, model, *, segments: int | None = None, segment_bytes: int | None = None,
-                        progress: bool = False) -> tuple[bytes, CompressionStats]:
+# ----------------------------------------------------------------------------- compress
+
+def compress_with_stats(data: bytes, model, *, numerics: str = "portable", segments: int | None = None,
+                        segment_bytes: int | None = None, progress: bool = False) -> tuple[bytes, CompressionStats]:
     """Compress ``data`` with ``model``; returns the container bytes and measured statistics."""
     data = bytes(data)
     t_start = time.perf_counter()
     n = len(data)
     seg = _segment_bytes(n, segments, segment_bytes)
-    lengths, offsets = _lengths_and_offsets(n, seg)
+    lengths = _segment_lengths(n, seg)
     B = len(lengths)
-    setting = compute_setting(model)
-    times = _LoopTimes()
-    streams: list[bytes] = []
+    predictor = make_predictor(model, numerics)
+    times, streams, stored, ideal = _LoopTimes(), [], [], 8.0 * n
     if B:
-        # known[b, t] is byte t of segment b; the tail of the last segment is padded with 0
-        padded = np.zeros(B * seg, dtype=np.uint8)
-        padded[:n] = np.frombuffer(data, dtype=np.uint8)
-        known = padded.reshape(B, seg).astype(np.int64)
+        known = _segment_matrix(data, seg, B)
         encoder = BatchEncoder(B)
         column = iter(range(seg))
 
@@ -195,84 +324,120 @@ def compress_with_stats(data: bytes, model, *, segments: int | None = None, segm
             encoder.encode(freqs, symbols, active)
             return symbols
 
-        _, times = _lockstep(model, lengths, encode, "compress", progress)
-        streams = encoder.finish()
+        with _eval_mode(model), predictor.running():
+            _, bits, times = _lockstep(predictor, lengths, encode, "compress", progress)
+        coded = encoder.finish()
+        # a segment that does not shrink is stored as its own bytes
+        stored = [bool(len(stream) >= length) for stream, length in zip(coded, lengths)]
+        streams = [known[b, :lengths[b]].tobytes() if stored[b] else coded[b] for b in range(B)]
+        ideal = float(np.where(stored, 8.0 * lengths, bits).sum())
     header = container.Header(
-        precision=PRECISION, original_length=n, checksum=container.checksum(data),
-        model_fingerprint=model_fingerprint(model), device_type=setting["device_type"], dtype=setting["dtype"],
-        torch_version=setting["torch_version"], segment_bytes=seg, stream_lengths=[len(s) for s in streams],
-    )
+        original_length=n, checksum=container.checksum(data), numerics=predictor.numerics, precision=PRECISION,
+        model_fingerprint=predictor.fingerprint(), setting=predictor.setting(), segment_bytes=seg,
+        stream_lengths=[len(s) for s in streams], stored_segments=stored)
     blob = container.pack(header, streams)
-    return blob, _stats(n, blob, times, t_start, B, seg)
+    if len(blob) > n + container.stored_overhead(n):  # coding did not pay: keep the file as it is
+        blob = container.pack(container.Header(original_length=n, checksum=header.checksum, stored=True), [data])
+        return blob, _stats(n, blob, 8.0 * n, times, t_start, 0, seg, 0, "stored")
+    return blob, _stats(n, blob, ideal, times, t_start, B, seg, sum(stored), predictor.numerics)
 
 
-def compress(data: bytes, model, *, segments: int | None = None, segment_bytes: int | None = None,
-             progress: bool = False) -> bytes:
+def compress(data: bytes, model, *, numerics: str = "portable", segments: int | None = None,
+             segment_bytes: int | None = None, progress: bool = False) -> bytes:
     """Compress bytes with a byte model. Decompress with ``decompress(blob, model)`` and the same model."""
-    return compress_with_stats(data, model, segments=segments, segment_bytes=segment_bytes, progress=progress)[0]
+    return compress_with_stats(data, model, numerics=numerics, segments=segments, segment_bytes=segment_bytes,
+                               progress=progress)[0]
 
 
-def check_compatible(header: container.Header, model, allow_compute_mismatch: bool = False) -> None:
-    """Refuse the wrong model outright, and a different compute setting unless asked to try anyway."""
-    if header.model_fingerprint != model_fingerprint(model):
+# ----------------------------------------------------------------------------- decompress
+
+def check_compatible(header: container.Header, predictor, allow_compute_mismatch: bool = False) -> None:
+    """Refuse the wrong model outright; for float files, a different compute setting unless asked to try anyway."""
+    if header.model_fingerprint != predictor.fingerprint():
         raise CompressionError(
             f"this file was compressed with a different model (fingerprint {header.model_fingerprint.hex()}, "
-            f"this model {model_fingerprint(model).hex()}); decompress it with the checkpoint that compressed it")
-    setting = compute_setting(model)
-    stored = {"device_type": header.device_type, "dtype": header.dtype, "torch_version": header.torch_version}
-    differ = [f"{k}: file {stored[k]!r}, here {setting[k]!r}" for k in stored if stored[k] != setting[k]]
+            f"this model {predictor.fingerprint().hex()}); decompress it with the checkpoint that compressed it")
+    if header.numerics != "float":
+        return
+    here = predictor.setting()
+    pinned = {"threads"}  # applied by the decoder, not compared
+    differ = [f"{k}: file {header.setting.get(k, '')!r}, here {here.get(k, '')!r}"
+              for k in sorted(set(header.setting) | set(here)) if k not in pinned
+              and header.setting.get(k, "") != here.get(k, "")]
     if differ and not allow_compute_mismatch:
         raise CompressionError(
-            "this file was compressed under a different compute setting (" + "; ".join(differ) + "). Decoding needs "
-            "bit-identical model arithmetic; run on the same setting, or pass --ignore-compute-mismatch "
-            "(allow_compute_mismatch=True) to try anyway: the checksum then decides")
+            "this file was compressed with float numerics under another compute setting (" + "; ".join(differ) +
+            "). Float decoding needs bit-identical arithmetic: run it where it was made, or pass "
+            "--ignore-compute-mismatch (allow_compute_mismatch=True) to try anyway; files made with the default "
+            "portable numerics decode anywhere")
 
 
-def decompress_with_stats(blob: bytes, model, *, progress: bool = False,
-                          allow_compute_mismatch: bool = False) -> tuple[bytes, CompressionStats]:
+def decompress_with_stats(blob: bytes, model, *, progress: bool = False, allow_compute_mismatch: bool = False,
+                          max_output_bytes: int = container.MAX_OUTPUT_BYTES) -> tuple[bytes, CompressionStats]:
     t_start = time.perf_counter()
-    header, streams = container.unpack(bytes(blob))
+    header, parts = container.unpack(bytes(blob), max_output_bytes)
+    n, seg = header.original_length, header.segment_bytes
+    if header.stored:
+        out = parts[0]
+        if container.checksum(out) != header.checksum:
+            raise CompressionError("checksum mismatch in a stored file: the file is corrupted; nothing was written")
+        return out, _stats(n, blob, 8.0 * n, _LoopTimes(), t_start, 0, seg, 0, "stored")
     if header.precision != PRECISION:
         raise CompressionError(f"unsupported coder precision {header.precision} (this coder uses {PRECISION})")
-    check_compatible(header, model, allow_compute_mismatch)
-    n, seg = header.original_length, header.segment_bytes
-    lengths, _ = _lengths_and_offsets(n, seg)
-    if len(lengths) != header.n_segments:
-        raise ContainerError("the header is corrupted: segment count does not match the original length")
-    out, times = b"", _LoopTimes()
-    if len(lengths):
-        try:
-            symbols, times = _lockstep(model, lengths, BatchDecoder(streams).decode, "decompress", progress)
-        except StreamError as exc:
-            raise CompressionError(f"the compressed data is corrupted ({exc}); nothing was written") from None
-        # every segment but the last is full, so the rows of (B, segment length) laid end to end are the bytes
-        out = symbols.astype(np.uint8).reshape(-1)[:n].tobytes()
+    predictor = make_predictor(model, header.numerics)
+    check_compatible(header, predictor, allow_compute_mismatch)
+    lengths = _segment_lengths(n, seg)
+    stored = np.array(header.stored_segments, dtype=bool)
+    raw = np.zeros((len(lengths), seg), dtype=np.uint8)  # the stored segments' bytes, known to both sides
+    for b in np.flatnonzero(stored):
+        raw[b, :lengths[b]] = np.frombuffer(parts[b], dtype=np.uint8)
+    decoder = BatchDecoder([b"" if s else p for p, s in zip(parts, stored)])
+    column = iter(range(seg))
+
+    def decode(freqs, active):
+        pos = next(column)
+        symbols = decoder.decode(freqs, active & ~stored)
+        symbols[stored] = raw[stored, pos]
+        return symbols
+
+    # a float file decoded under an overridden setting mismatch may fail here without being damaged
+    maybe = " or the float arithmetic here differs from where it was made" if header.numerics == "float" else ""
+    try:
+        with _eval_mode(model), predictor.running(header.setting):
+            symbols, bits, times = _lockstep(predictor, lengths, decode, "decompress", progress)
+    except StreamError as exc:
+        raise CompressionError(f"decoding failed: the compressed data is corrupted{maybe} ({exc}); nothing was written") from None
+    # every segment but the last is full, so the rows of (B, segment length) laid end to end are the bytes
+    out = symbols.reshape(-1)[:n].tobytes()
     if container.checksum(out) != header.checksum:
-        raise CompressionError(
-            "checksum mismatch after decoding: the output is not the original. The file is corrupted, or it was "
-            "made under a different compute setting; nothing was written")
-    return out, _stats(n, blob, times, t_start, len(lengths), seg)
+        raise CompressionError(f"checksum mismatch after decoding: the output is not the original; the file is "
+                               f"corrupted{maybe}; nothing was written")
+    ideal = float(np.where(stored, 8.0 * lengths, bits).sum())
+    return out, _stats(n, blob, ideal, times, t_start, len(lengths), seg, int(stored.sum()), header.numerics)
 
 
-def decompress(blob: bytes, model, *, progress: bool = False, allow_compute_mismatch: bool = False) -> bytes:
+def decompress(blob: bytes, model, *, progress: bool = False, allow_compute_mismatch: bool = False,
+               max_output_bytes: int = container.MAX_OUTPUT_BYTES) -> bytes:
     """Inverse of compress(); raises CompressionError / ContainerError naming the cause, never wrong output."""
-    return decompress_with_stats(blob, model, progress=progress, allow_compute_mismatch=allow_compute_mismatch)[0]
+    return decompress_with_stats(blob, model, progress=progress, allow_compute_mismatch=allow_compute_mismatch,
+                                 max_output_bytes=max_output_bytes)[0]
 
 
 class NeuralCompressor:
     """The model as a registry compressor: ``compress(data) -> bytes`` and ``decompress(blob) -> bytes``."""
 
-    def __init__(self, model, name: str = "blm", segments: int | None = None, segment_bytes: int | None = None,
-                 progress: bool = False):
+    def __init__(self, model, name: str = "blm", numerics: str = "portable", segments: int | None = None,
+                 segment_bytes: int | None = None, progress: bool = False):
         self.model = model
         self.name = name
+        self.numerics = numerics
         self.segments, self.segment_bytes = segments, segment_bytes
         self.progress = progress
         self.last_stats: CompressionStats | None = None
         self.num_params = model.num_params()
 
     def compress(self, data: bytes) -> bytes:
-        blob, self.last_stats = compress_with_stats(data, self.model, segments=self.segments,
+        blob, self.last_stats = compress_with_stats(data, self.model, numerics=self.numerics, segments=self.segments,
                                                     segment_bytes=self.segment_bytes, progress=self.progress)
         return blob
 
