@@ -33,9 +33,10 @@ from .errors import BlmError
 BYTES_PER_PARAM = 2  # a parameter shipped with the data costs 2 bytes (bf16), as in Delétang et al.
 
 COLUMNS = [
-    "file", "compressor", "original_bytes", "compressed_bytes", "bits_per_byte", "ratio",
+    "file", "compressor", "knows", "original_bytes", "compressed_bytes", "bits_per_byte", "ratio",
     "compress_s", "decompress_s", "compress_MBps", "verified",
 ]
+KNOWS_NOTHING = "nothing: the file alone"
 # Only present when some compressor reports a model (``last_stats.ideal_bits`` or ``num_params``).
 MODEL_COLUMNS = ["ideal_bits_per_byte", "adjusted_bits_per_byte", "adjusted_ratio"]
 
@@ -124,6 +125,7 @@ class ZstdDictCompressor:
     dictionary: zstandard.ZstdCompressionDict
     level: int = 19
     name: str = ""
+    knows: str = "a dictionary trained on the training split"
     _compressor: zstandard.ZstdCompressor | None = field(default=None, init=False, repr=False)
     _decompressor: zstandard.ZstdDecompressor | None = field(default=None, init=False, repr=False)
 
@@ -164,6 +166,62 @@ class ZstdDictCompressor:
         if self._decompressor is None:
             self._decompressor = zstandard.ZstdDecompressor(dict_data=self.dictionary)
         return self._decompressor.decompress(blob)
+
+
+@dataclass
+class PrimedPpmdCompressor:
+    """PPMd (order 6, 16 MB) that has read the training split before the file: both sides know it.
+
+    The encoder codes ``train + data`` and keeps only what follows the bytes that coding ``train``
+    alone emits (``prefix``); the decoder re-codes ``train`` to get that prefix, decodes prefix + blob
+    and drops the training bytes. The training split is shared ahead of time, like a model; the 8-byte
+    length header is counted.
+    """
+
+    train: bytes = field(repr=False)
+    max_order: int = 6
+    mem_size: int = 16 << 20
+    name: str = "ppmd+train"
+    knows: str = "the training split (read before the file)"
+
+    def _primed_encoder(self):
+        encoder = pyppmd.Ppmd7Encoder(self.max_order, self.mem_size)
+        return encoder, encoder.encode(self.train)
+
+    def compress(self, data: bytes) -> bytes:
+        encoder, _ = self._primed_encoder()
+        return PpmdCompressor.HEADER.pack(len(data)) + encoder.encode(data) + encoder.flush()
+
+    def decompress(self, blob: bytes) -> bytes:
+        (length,) = PpmdCompressor.HEADER.unpack_from(blob)
+        _, prefix = self._primed_encoder()
+        decoded = pyppmd.Ppmd7Decoder(self.max_order, self.mem_size).decode(
+            prefix + blob[PpmdCompressor.HEADER.size:], len(self.train) + length)
+        return decoded[len(self.train):]
+
+
+@dataclass
+class ZstdPrefixCompressor:
+    """zstd -19 with the whole training split as a raw-content dictionary (a prefix its matches can reach).
+
+    Like the primed PPMd, the training split is shared ahead of time and not counted.
+    """
+
+    train: bytes = field(repr=False)
+    level: int = 19
+    name: str = "zstd-19+train"
+    knows: str = "the training split (as a prefix for matches)"
+
+    def _dictionary(self):
+        return zstandard.ZstdCompressionDict(self.train, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+    def compress(self, data: bytes) -> bytes:
+        window = min(max(10, math.ceil(math.log2(len(self.train) + len(data) + 1))), 27)  # the prefix in reach
+        params = zstandard.ZstdCompressionParameters.from_level(self.level, window_log=window, source_size=len(data))
+        return zstandard.ZstdCompressor(dict_data=self._dictionary(), compression_params=params).compress(data)
+
+    def decompress(self, blob: bytes) -> bytes:
+        return zstandard.ZstdDecompressor(dict_data=self._dictionary(), max_window_size=1 << 27).decompress(blob)
 
 
 def _model_stats(compressor) -> tuple[float | None, int | None]:
@@ -241,6 +299,7 @@ def _measure(file: str, data: bytes, name: str, compressor: Compressor, verify: 
     return {
         "file": file,
         "compressor": name,
+        "knows": getattr(compressor, "knows", KNOWS_NOTHING),
         "original_bytes": n,
         "compressed_bytes": m,
         "bits_per_byte": _per_byte(8 * m, n),
@@ -270,19 +329,24 @@ def table_markdown(df: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- the workbench's registry and reports
 
 def primed_compressors(train_bytes: bytes) -> dict[str, Compressor]:
-    """The classic compressors that know the training split: zstd with a dictionary trained on it.
+    """The classic compressors that know the training split: PPMd that has read it first, zstd with it as
+    a prefix, and zstd with a dictionary trained on it.
 
     The dictionary is at most zstd's default 110 KiB and at most a tenth of the training bytes, since
-    zstd needs many samples per dictionary byte; a corpus too small to train one gives none.
+    zstd needs many samples per dictionary byte; a corpus too small to train one leaves that one out.
     """
+    primed: dict[str, Compressor] = {}
+    for compressor in (PrimedPpmdCompressor(train_bytes), ZstdPrefixCompressor(train_bytes)):
+        primed[compressor.name] = compressor
     dict_size = min(112_640, len(train_bytes) // 10)
     sample_size = max(256, min(4096, len(train_bytes) // 64))
     try:
         zstd_dict = ZstdDictCompressor.from_training(train_bytes, dict_size=dict_size, sample_size=sample_size)
     except BlmError as exc:
         print(f"note: no zstd dictionary: {exc}")
-        return {}
-    return {zstd_dict.name: zstd_dict}
+        return primed
+    primed[zstd_dict.name] = zstd_dict
+    return primed
 
 
 def neural_report(table: pd.DataFrame) -> pd.DataFrame:

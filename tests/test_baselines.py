@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from blm_lab.baselines import (
+    PrimedPpmdCompressor,
+    ZstdPrefixCompressor,
     CLASSIC_COMPRESSORS,
     COLUMNS,
     MODEL_COLUMNS,
@@ -227,3 +229,24 @@ def test_ppmd_reference_is_7zip_ultra(tiny_shakespeare_val):
     seven_zip_ultra = PpmdCompressor(max_order=32, mem_size=2 << 20)
     bits_per_byte = 8 * len(seven_zip_ultra.compress(tiny_shakespeare_val)) / len(tiny_shakespeare_val)
     assert bits_per_byte == pytest.approx(2.50, abs=0.01)
+
+
+@pytest.mark.parametrize("kind", [PrimedPpmdCompressor, ZstdPrefixCompressor])
+def test_primed_compressors_round_trip_and_use_what_they_know(kind):
+    train = b"the quick brown fox jumps over the lazy dog. " * 200
+    data = b"the quick brown fox jumps over the lazy dog. the lazy dog sleeps. " * 3
+    primed, alone = kind(train), kind(b"")
+    blob = primed.compress(data)
+    assert primed.decompress(blob) == data and alone.decompress(alone.compress(data)) == data
+    assert len(blob) < len(alone.compress(data))  # the training split helped
+    assert "training split" in primed.knows
+
+
+def test_primed_ppmd_on_tiny_shakespeare_reaches_the_published_figure():
+    if not TINY_SHAKESPEARE.is_file():
+        pytest.skip("../shared corpora not present")
+    train, val = split_bytes(np.frombuffer(TINY_SHAKESPEARE.read_bytes(), dtype=np.uint8))
+    primed = PrimedPpmdCompressor(train.tobytes())
+    blob = primed.compress(val.tobytes())
+    assert 8 * len(blob) / len(val) == pytest.approx(2.03, abs=0.005)
+    assert primed.decompress(blob) == val.tobytes()

@@ -22,11 +22,39 @@ def test_amp_training_on_cuda_lowers_loss(tmp_path):
     assert next(result.model.parameters()).device.type == "cuda"
 
 
-def test_gpu_compression_round_trip_and_refusal_on_cpu():
+def _trained_on(device: str) -> BytesGPT:
     torch.manual_seed(0)
-    model = BytesGPT(BytesGPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=64)).cuda().eval()
-    data = b"GPU compression round trip. " * 200
-    blob = compress(data, model, segments=16)
-    assert decompress(blob, model) == data
-    with pytest.raises(CompressionError, match="device_type"):
-        decompress(blob, model.cpu())
+    model = BytesGPT(BytesGPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=64)).to(device)
+    text = torch.tensor(list(TEXT), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        starts = torch.randint(0, len(text) - 33, (16,), device=device)
+        windows = torch.stack([text[s:s + 33] for s in starts])
+        _, loss = model(windows[:, :-1], windows[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+TEXT = b"GPU compression round trip: the portable numerics give the CPU's bytes. " * 40
+
+
+def test_portable_files_from_cuda_and_cpu_are_identical_and_cross_decode():
+    gpu = _trained_on("cuda")
+    cpu = BytesGPT(gpu.config)
+    cpu.load_state_dict({k: v.cpu() for k, v in gpu.state_dict().items()})
+    cpu.eval()
+    on_gpu, on_cpu = compress(TEXT, gpu, segments=16), compress(TEXT, cpu, segments=16)
+    assert on_gpu == on_cpu
+    assert decompress(on_gpu, cpu) == TEXT and decompress(on_cpu, gpu) == TEXT
+
+
+def test_float_files_from_cuda_are_refused_on_cpu():
+    gpu = _trained_on("cuda")
+    blob = compress(TEXT, gpu, numerics="float", segments=16)
+    assert decompress(blob, gpu) == TEXT
+    cpu = BytesGPT(gpu.config)
+    cpu.load_state_dict({k: v.cpu() for k, v in gpu.state_dict().items()})
+    with pytest.raises(CompressionError, match="device: file 'cuda', here 'cpu'"):
+        decompress(blob, cpu.eval())

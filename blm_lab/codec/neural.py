@@ -435,6 +435,7 @@ class NeuralCompressor:
         self.progress = progress
         self.last_stats: CompressionStats | None = None
         self.num_params = model.num_params()
+        self.knows = f"its model ({self.num_params:,} parameters, trained on the training split; not counted)"
 
     def compress(self, data: bytes) -> bytes:
         blob, self.last_stats = compress_with_stats(data, self.model, numerics=self.numerics, segments=self.segments,
