@@ -30,6 +30,20 @@ from blm_lab.errors import CheckpointError, ConfigError
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
 TEXT = (b"First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         b"First Citizen:\nYou are all resolved rather to die than to famish?\n") * 8
+# every architecture option of BytesGPTConfig alone, and all together (with RMSNorm; and with LayerNorm
+# biases, which RMSNorm does not have)
+ARCH = {
+    "relu2": dict(mlp="relu2"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "qk_norm": dict(qk_norm=True),
+    "untied": dict(tie_embeddings=False),
+    "value_residual": dict(value_residual=True),
+    "bias": dict(bias=True),
+    "all": dict(mlp="relu2", norm="rmsnorm", qk_norm=True, tie_embeddings=False, value_residual=True),
+    "all_bias": dict(mlp="relu2", qk_norm=True, tie_embeddings=False, value_residual=True, bias=True),
+    "all_rms_bias": dict(mlp="relu2", norm="rmsnorm", qk_norm=True, tie_embeddings=False, value_residual=True,
+                         bias=True),
+}
 SETTINGS = [  # (threads, extra environment)
     (1, {}), (2, {}), (3, {}),
     (1, {"ATEN_CPU_CAPABILITY": "default"}), (3, {"ATEN_CPU_CAPABILITY": "default"}),
@@ -52,6 +66,11 @@ def tiny_model(seed=0, std=0.5, **cfg) -> BytesGPT:
         for blk in model.transformer.h:  # LayerNorm gains around 1, not around 0
             for ln in (blk.ln_1, blk.ln_2):
                 ln.weight.add_(1.0)
+            if blk.attn.q_norm is not None:  # QK-norm gains too
+                blk.attn.q_norm.weight.add_(1.0)
+                blk.attn.k_norm.weight.add_(1.0)
+            if blk.attn.v_mix is not None:  # value-residual weights around their initial 0.5
+                blk.attn.v_mix.add_(0.5)
         model.transformer.ln_f.weight.add_(1.0)
     return model.eval()
 
@@ -126,20 +145,25 @@ from blm_lab.codec.coder import BatchDecoder
 out = {"threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability()}
 if args["mode"] == "steps":
     from blm_lab.checkpoint import load_checkpoint
-    model, _ = load_checkpoint(args["ckpt"])
-    pm = P.PortableModel.from_float(model, **args.get("options", {}))
-    out["fingerprint"] = pm.fingerprint().hex()
-    sym = np.array(args["sym"], dtype=np.int64)
-    cache = pm.new_cache(sym.shape[0])
-    h = hashlib.sha256()
-    hf = hashlib.sha256()
-    with torch.inference_mode():
-        fc = model.new_cache(sym.shape[0])
-        for t in range(sym.shape[1]):
-            h.update(pm.step(torch.from_numpy(sym[:, t]), cache).tobytes())
-            hf.update(model.step(torch.from_numpy(sym[:, t]), fc).numpy().tobytes())
-    out["freqs_sha"] = h.hexdigest()
-    out["float_logits_sha"] = hf.hexdigest()  # the float path, for contrast (not required to match)
+    out["jobs"] = []
+    for job in args.get("jobs", [args]):  # one job per checkpoint
+        model, _ = load_checkpoint(job["ckpt"])
+        pm = P.PortableModel.from_float(model, **job.get("options", {}))
+        res = {"fingerprint": pm.fingerprint().hex()}
+        sym = np.array(job["sym"], dtype=np.int64)
+        cache = pm.new_cache(sym.shape[0])
+        h = hashlib.sha256()
+        hf = hashlib.sha256()
+        with torch.inference_mode():
+            fc = model.new_cache(sym.shape[0])
+            for t in range(sym.shape[1]):
+                h.update(pm.step(torch.from_numpy(sym[:, t]), cache).tobytes())
+                if job.get("float", True):
+                    hf.update(model.step(torch.from_numpy(sym[:, t]), fc).numpy().tobytes())
+        res["freqs_sha"] = h.hexdigest()
+        res["float_logits_sha"] = hf.hexdigest()  # the float path, for contrast (not required to match)
+        out["jobs"].append(res)
+    out.update(out["jobs"][0])
 elif args["mode"] == "decode":
     state = torch.load(args["state"], weights_only=True)
     pm = P.PortableModel.from_state_dict(state)
@@ -161,6 +185,9 @@ print("RESULT" + json.dumps(out))
 
 def run_worker(args: dict, threads: int, env_extra: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    # idle OpenMP threads sleep instead of spinning: with as many threads as cores, spinning workers on a
+    # shared machine run 5-10x slower; how threads wait does not change what they compute
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     env.update(env_extra)
     env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps({**args, "threads": threads})],
@@ -182,21 +209,33 @@ def save_ckpt(model: BytesGPT, path: Path) -> Path:
 # ------------------------------------------------------------------------------------------ (a) cross-process determinism
 
 def _cross_process(model, tmp_path, B, n, settings_list, options=None):
-    ckpt = save_ckpt(model, tmp_path / "model.pt")
+    return _cross_process_many([(model, options)], tmp_path, B, n, [(t, e, [0]) for t, e in settings_list])[0]
+
+
+def _cross_process_many(cases, tmp_path, B, n, plan, float_path=True):
+    """cases: [(model, options)]; plan: [(threads, environment, indices of the cases to run)]. One worker per
+    plan entry runs its cases; each case's fingerprint and sha256 of all freqs must equal this process's
+    (1 thread, native ISA). Returns per case [(threads, environment, worker result)]."""
     sym = streams_from(TEXT, B, n)
-    results = [(t, e, run_worker({"mode": "steps", "ckpt": str(ckpt), "sym": sym.tolist(),
-                                  "options": options or {}}, t, e)) for t, e in settings_list]
-    # the parent (this process, 1 thread, native ISA) computes the same thing
-    pm = P.PortableModel.from_float(model, **(options or {}))
-    h = hashlib.sha256()
-    f = run_steps(pm, sym)
-    check_freqs(f)
-    for t in range(n):
-        h.update(f[t].tobytes())
-    for t, e, r in results:
-        assert r["fingerprint"] == pm.fingerprint().hex(), (t, e)
-        assert r["freqs_sha"] == h.hexdigest(), (t, e)
-    return results
+    jobs = [{"ckpt": str(save_ckpt(model, tmp_path / f"model{i}.pt")), "sym": sym.tolist(), "options": options or {},
+             "float": float_path} for i, (model, options) in enumerate(cases)]
+    results = [(t, e, which, run_worker({"mode": "steps", "jobs": [jobs[i] for i in which]}, t, e))
+               for t, e, which in plan]
+    out = []
+    for i, (model, options) in enumerate(cases):
+        pm = P.PortableModel.from_float(model, **(options or {}))
+        h = hashlib.sha256()
+        f = run_steps(pm, sym)
+        check_freqs(f)
+        for t in range(n):
+            h.update(f[t].tobytes())
+        mine = [(t, e, r["jobs"][which.index(i)]) for t, e, which, r in results if i in which]
+        assert mine, i
+        for t, e, r in mine:
+            assert r["fingerprint"] == pm.fingerprint().hex(), (i, t, e)
+            assert r["freqs_sha"] == h.hexdigest(), (i, t, e)
+        out.append(mine)
+    return out
 
 
 def test_cross_process_threads_and_isa(tmp_path):
@@ -222,11 +261,30 @@ def test_cross_process_options_and_odd_shapes(tmp_path):
                    settings_list=[(2, {}), (1, {"ATEN_CPU_CAPABILITY": "default"})])
 
 
+def test_cross_process_architecture_options(tmp_path):
+    """(a) every architecture option (ReLU^2, RMSNorm, QK-norm, untied head, value residuals, biases) alone,
+    in this process against 2 other settings; all of them together (three models: RMSNorm; LayerNorm with
+    biases in odd shapes with unfolded gains; RMSNorm with Linear biases) against 5 settings."""
+    cases = [(tiny_model(seed=20 + i, **ARCH[name]), None)
+             for i, name in enumerate(("relu2", "rmsnorm", "qk_norm", "untied", "value_residual", "bias"))]
+    cases += [(tiny_model(seed=30, **ARCH["all"]), None),
+              (tiny_model(seed=31, n_embd=48, n_head=3, mlp_ratio=3, block_size=20, **ARCH["all_bias"]),
+               {"fold_ln_gain": False}),
+              (tiny_model(seed=32, **ARCH["all_rms_bias"]), None)]
+    every, together = list(range(len(cases))), list(range(6, len(cases)))
+    _cross_process_many(cases, tmp_path, B=4, n=28, float_path=False,  # n > block_size: the caches roll
+                        plan=[(2, {}, every),
+                              (3, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}, every),
+                              (1, {"ATEN_CPU_CAPABILITY": "default"}, together), (3, {}, together),
+                              (2, {"ONEDNN_MAX_CPU_ISA": "SSE41"}, together)])
+
+
 # ------------------------------------------------------------------------------------------ (b) batch independence
 
-def test_batch_independence():
+@pytest.mark.parametrize("arch", ["default", "all", "all_bias"])
+def test_batch_independence(arch):
     """(b) a stream's freqs are identical alone and inside a batch of 8 other streams (any slot)."""
-    model = tiny_model(seed=2)
+    model = tiny_model(seed=2, **ARCH.get(arch, {}))
     pm = P.PortableModel.from_float(model)
     n = 40
     others = streams_from(TEXT[::-1] + TEXT, 8, n)
@@ -274,9 +332,10 @@ def test_half_checkpoints_quantize_like_their_float32_upcast(dtype):
     assert np.array_equal(run_steps(a, sym), run_steps(b, sym))
 
 
-def test_state_dict_round_trip(tmp_path):
+@pytest.mark.parametrize("arch", ["default", "all", "all_bias"])
+def test_state_dict_round_trip(tmp_path, arch):
     """state_dict() is plain data: torch.load(weights_only=True) restores the same fingerprint and freqs."""
-    pm = P.PortableModel.from_float(tiny_model(seed=7))
+    pm = P.PortableModel.from_float(tiny_model(seed=7, **ARCH.get(arch, {})))
     torch.save(pm.state_dict(), tmp_path / "p.pt")
     pm2 = P.PortableModel.from_state_dict(torch.load(tmp_path / "p.pt", weights_only=True))
     assert pm2.fingerprint() == pm.fingerprint()
@@ -292,6 +351,117 @@ def test_fingerprint_sensitive_to_weights_and_options():
     with torch.no_grad():
         model.transformer.h[0].mlp.c_fc.weight[3, 4] *= 3
     assert P.PortableModel.from_float(model).fingerprint() != base
+
+
+def test_fingerprint_covers_the_architecture_options():
+    """Identical weights under another architecture (GELU vs ReLU^2, LayerNorm vs RMSNorm) give another
+    fingerprint (the config is hashed, with the arithmetic revision), and other frequencies."""
+    base = tiny_model(seed=8)
+    fps, freqs = set(), set()
+    sym = streams_from(TEXT, 2, 10)
+    for arch in ({}, dict(mlp="relu2"), dict(norm="rmsnorm"), dict(mlp="relu2", norm="rmsnorm")):
+        model = tiny_model(seed=8, **arch)
+        model.load_state_dict(base.state_dict())  # the same parameter names and values
+        pm = P.PortableModel.from_float(model)
+        fps.add(pm.fingerprint())
+        freqs.add(sha(run_steps(pm, sym)))
+    assert len(fps) == 4 and len(freqs) == 4
+    untied = tiny_model(seed=8, tie_embeddings=False).config.to_dict()
+    assert P._arithmetic_revision(untied) == 1  # its arithmetic is the first version's
+    assert all(P._arithmetic_revision(tiny_model(seed=8, **ARCH[n]).config.to_dict()) == 2
+               for n in ARCH if n != "untied")
+
+
+def test_option_tensors():
+    """What each option stores: no GELU table for ReLU^2, QK gains and per-layer v_mix, the untied head
+    quantized from lm_head (not from the embedding), biases only where the model has them."""
+    pm = P.PortableModel.from_float(tiny_model(seed=15, **ARCH["all"]))
+    t = pm.tensors
+    assert "table.gelu" not in t and "table.gelu" in _shared_pm().tensors
+    assert {k for k in t if "norm.g" in k or "v_mix" in k} == {
+        "h.0.attn.q_norm.g", "h.0.attn.k_norm.g", "h.1.attn.q_norm.g", "h.1.attn.k_norm.g", "h.1.attn.v_mix"}
+    assert not any(k.endswith(".b") for k in t)
+    for tie in (True, False):
+        model = tiny_model(seed=15, tie_embeddings=tie)
+        pm = P.PortableModel.from_float(model, fold_ln_gain=False)
+        q_head, _ = P.quantize_weight(model.lm_head.weight)
+        q_wte, _ = P.quantize_weight(model.transformer.wte.weight)
+        assert torch.equal(pm.tensors["lm_head.q"], q_head)
+        assert torch.equal(pm.tensors["lm_head.q"], q_wte) == tie
+        assert torch.equal(pm.tensors["wte"], model.transformer.wte.weight)
+    ln = P.PortableModel.from_float(tiny_model(seed=15, bias=True)).tensors
+    rms = P.PortableModel.from_float(tiny_model(seed=15, bias=True, norm="rmsnorm")).tensors
+    assert {k for k in ln if k.endswith(".b")} == {"lm_head.b"} | {
+        f"h.{i}.{n}.b" for i in range(2) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert "lm_head.b" not in rms and "h.0.attn.c_attn.b" in rms  # RMSNorm has no bias to fold into the head
+
+
+def test_state_lacking_option_tensors_is_refused():
+    """A portable state whose tensors do not match its config (e.g. written before the options existed)
+    is refused when loaded, not computed as another architecture."""
+    state = P.PortableModel.from_float(tiny_model(seed=16, **ARCH["all_bias"])).state_dict()
+    for name in ("h.1.attn.v_mix", "h.0.attn.k_norm.g", "h.1.mlp.c_fc.b"):
+        broken = {**state, "tensors": {k: v for k, v in state["tensors"].items() if k != name}}
+        with pytest.raises(ValueError, match="lacks tensors"):
+            P.PortableModel.from_state_dict(broken)
+    gelu = P.PortableModel.from_float(tiny_model(seed=16)).state_dict()
+    as_relu2 = {**gelu, "config": {**gelu["config"], "mlp": "relu2"}}
+    P.PortableModel.from_state_dict(as_relu2)  # a spare table is harmless; a missing one is not:
+    relu2 = P.PortableModel.from_float(tiny_model(seed=16, mlp="relu2")).state_dict()
+    with pytest.raises(ValueError, match="table.gelu"):
+        P.PortableModel.from_state_dict({**relu2, "config": {**relu2["config"], "mlp": "gelu"}})
+
+
+def test_layernorm_bias_fold_is_exact_and_order_free():
+    """b + W beta: exact float64 products, a correctly rounded fsum, one rounding to float32 -- equal to the
+    exactly rounded value (fractions), whatever the order of the terms."""
+    from fractions import Fraction
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(7, 50, generator=g) * torch.logspace(-3, 3, 50)
+    beta = torch.randn(50, generator=g)
+    b = torch.randn(7, generator=g)
+    got = P._fold_bias(w, b, beta)
+    perm = torch.randperm(50, generator=g)
+    assert torch.equal(got, P._fold_bias(w[:, perm], b, beta[perm]))
+    for n in range(7):
+        exact = Fraction(float(b[n])) + sum(Fraction(float(w[n, k])) * Fraction(float(beta[k])) for k in range(50))
+        assert got[n].item() == np.float32(float(exact))  # float(Fraction) rounds correctly; then to float32
+    assert torch.equal(P._fold_bias(w, None, beta), P._fold_bias(w, torch.zeros(7), beta))
+
+
+@pytest.mark.parametrize("where", ["transformer.h.1.attn.q_norm.weight", "transformer.h.1.attn.v_mix",
+                                   "transformer.h.0.attn.c_attn.bias", "transformer.ln_f.bias"])
+def test_non_finite_option_parameters_rejected(where):
+    model = tiny_model(seed=13, qk_norm=True, value_residual=True, bias=True)
+    with torch.no_grad():
+        model.get_parameter(where).view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        P.PortableModel.from_float(model)
+
+
+def test_golden_frequencies():
+    """The frequencies are a pure function of the weights, so they can be pinned: models with exactly
+    representable weights (legacy RandomState integers / 1024, stable across numpy versions and machines)
+    give these sha256 prefixes on every machine. The default architecture's value is that of the first
+    version of this module (files it compressed still decode); change a value only with a new FORMAT."""
+    def model(arch, seed):
+        m = tiny_model(seed=0, **arch)
+        rs = np.random.RandomState(seed)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                ints = np.asarray(rs.randint(-512, 513, size=p.shape), dtype=np.float32)
+                p.copy_(torch.from_numpy(np.asarray(ints / np.float32(1024 if p.dim() > 1 else 2048))))
+                if p.dim() == 1 and "norm" in name or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                    p.add_(1.0)
+        return m.eval()
+
+    got = {}
+    for name, arch in (("default", {}), ("all", ARCH["all"]), ("all_bias", ARCH["all_bias"])):
+        got[name] = sha(run_steps(P.PortableModel.from_float(model(arch, 7)), streams_from(TEXT, 3, 24)))[:16]
+    assert got == GOLDEN, got
+
+
+GOLDEN = {"default": "6ea0dcb761012915", "all": "71fb005fb138921d", "all_bias": "1dd09f13a3cd9cc8"}
 
 
 # ------------------------------------------------------------------------------------------ (d) coding round trip
@@ -393,9 +563,16 @@ def test_tables_are_accurate():
         assert (cos.numpy()[-pm.n_embd:] == 1).all() and (sin.numpy()[-pm.n_embd:] == 0).all()
 
 
-@pytest.mark.parametrize("cfg", [{}, {"n_embd": 48, "n_head": 3, "mlp_ratio": 3, "block_size": 20}])
+ODD = {"n_embd": 48, "n_head": 3, "mlp_ratio": 3, "block_size": 20}
+
+
+@pytest.mark.parametrize("cfg", [{}, ODD, *ARCH.values(), {**ODD, **ARCH["all"]}, {**ODD, **ARCH["all_bias"]}],
+                         ids=["default", "odd", *ARCH, "odd_all", "odd_all_bias"])
 def test_close_to_float_model(cfg):
-    """Quality sanity on a random model: portable freqs are close to the float path's (small KL)."""
+    """Quality sanity on a random model: portable freqs are close to the float path's (small KL), for every
+    architecture option. (Computing a relu2 / rmsnorm / qk_norm / value-residual model as the default
+    architecture gives KL 0.2 - 1.0 here; unit QK gains, zero value-residual weights or a zero head bias
+    0.09 - 0.3; the portable path measures 0.0008 - 0.0035.)"""
     model = tiny_model(seed=12, std=0.3, **cfg)
     pm = P.PortableModel.from_float(model)
     sym = streams_from(TEXT, 3, 40)
@@ -407,7 +584,7 @@ def test_close_to_float_model(cfg):
             p = torch.softmax(model.step(torch.from_numpy(sym[:, t]), cache), -1).double().numpy()
             q = f[t] / 2.0 ** 24
             kl.append((p * (np.log(p + 1e-300) - np.log(q))).sum(-1).mean())
-    assert np.mean(kl) < 0.02, np.mean(kl)
+    assert np.mean(kl) < 0.01, np.mean(kl)
 
 
 def test_bounds_are_enforced():
@@ -417,8 +594,11 @@ def test_bounds_are_enforced():
         P.PortableModel.from_float(tiny_model(seed=0), qk_bits=13)  # 4095^2 * 16 > 2**24
     with pytest.raises(ValueError):
         P.PortableModel.from_float(tiny_model(seed=0), v_bits=15)  # too few attention-weight levels
-    with pytest.raises(ConfigError, match="--numerics float"):
-        P.PortableModel.from_float(tiny_model(seed=0, bias=True))
+    for field, value in (("mlp", "swiglu"), ("norm", "batchnorm")):  # an architecture it does not compute
+        model = tiny_model(seed=0)
+        setattr(model.config, field, value)
+        with pytest.raises(ConfigError, match="--numerics float"):
+            P.PortableModel.from_float(model)
     with pytest.raises(ValueError):
         P.PortableModel.from_float(tiny_model(seed=0), no_such_option=1)
 

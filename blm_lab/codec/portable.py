@@ -30,7 +30,8 @@ R3  Exact ops: max/amax, abs, neg, comparisons, clamp, round (half to even), flo
     overflow at these magnitudes), and the sums of R1.
 R4  No libm. exp (softmaxes), erf (GELU), cos/sin (rotary) are never evaluated by the platform: they
     are tables built here with Python's ``decimal`` module and Python integers (software arithmetic,
-    identical on every machine), stored with the quantized model and covered by its fingerprint.
+    identical on every machine), stored with the quantized model and covered by its fingerprint (computed
+    once per process for each set of table parameters: ``_table_values``).
 R5  Row independence. Every op is elementwise, reduces within one stream's row, or is an exact matmul,
     so a stream's results do not depend on the other streams in the batch or on B.
 
@@ -47,7 +48,8 @@ Activation quantization, ``_quant_rows_``: per row x (per token, or per (token, 
 Linear: acc = xq @ Wq^T, exact (R1): 127 * 127 * K <= 2**24 holds for K <= 1040 with int8 activations;
     wider activations (``act_bits`` > 8) switch that matmul to float64 (exact below 2**53). The output
     is (acc * s_col) * scale_row: two correctly rounded multiplies.
-LayerNorm (no bias) with integer statistics (``_norm_quant``), C = width, p = 23 - ceil(log2 C):
+LayerNorm with integer statistics (``_norm_quant``; RMSNorm and biases below), C = width,
+p = min(23 - ceil(log2 C), floor((53 - 3 ceil(log2 C)) / 2)):
     m = max|x|, r = 2**p / m, xi = round(x * r)              integers, |xi| <= 2**p
     S = sum xi         (float32, exact: |S| <= C 2**p <= 2**23, R1)
     xc = xi * C - S    (= C (xi - mean xi); exact integers, |xc| <= 2**24)
@@ -58,7 +60,8 @@ LayerNorm (no bias) with integer statistics (``_norm_quant``), C = width, p = 23
         (x - mean) / sqrt(var + eps) = xc / sqrt(D + eps (C r)^2) when x = xi / r.
     The only approximation is x ~ xi / r: 2**-p relative to the row max (2**-16 for C = 128).
 Attention, per layer (nh heads of size hs, one shared position pos):
-    h = (zq @ Wqkv^T) * s_col (the per-row LN scale a is kept aside: it cancels in per-head quantization).
+    h = (zq @ Wqkv^T) * s_col (the per-row LN scale a is kept aside: it cancels in per-head quantization;
+    see "True units" below for the options that need it applied).
     Rotary: theta_i = base**(-2i/hs); F_i = round(2**64 theta_i / 2pi) mod 2**64 (``decimal``, stored);
     turn = pos * F_i mod 2**64 (exact uint64 arithmetic); cos/sin(2 pi turn / 2**64) from two 1024-entry
     tables (top 10 bits and next 10 bits of the turn; ``decimal`` Taylor series) by the angle-addition
@@ -78,7 +81,7 @@ Attention, per layer (nh heads of size hs, one shared position pos):
         so the single-row bmm o = uq @ V is exact (R1).
     y = o * ((max u * s1) / (wsum * U1 U2))   (~ sum_j w_j s_v,j v_j / sum_j w_j; 4 roundings)
     then c_proj on quant_rows(y) and the residual add (one rounding).
-MLP: h = (zq @ Wfc^T) * s_col * a; GELU from a table on the grid 2**-k over [-R, R] (GELU(x) = x Phi(x),
+MLP: h = (zq @ Wfc^T) * s_col * a; GELU (ReLU^2 below) from a table on the grid 2**-k over [-R, R] (GELU(x) = x Phi(x),
     Phi by an exact integer series): index = trunc(h 2**k + R 2**k + 1/2) clamped to the table (the
     nearest grid point; h 2**k is exact), plus max(h - R, 0) so that above R (where GELU(R) = R in
     float32) it continues as the identity; below -R the table end (~ -5e-15). quant_rows, c_proj, add.
@@ -91,18 +94,48 @@ silently gives machine-dependent frequencies).
 
 Bounds (checked in ``_check_bounds``): int8 linear layers in float32 for K <= 1040 (else float64),
 head size <= 1040 for int8 q/k, block_size <= 512 (attention weight sums), U2 >= 1024 attention-weight
-levels (v_bits <= 13 at T = 128).
+levels (v_bits <= 13 at T = 128). The architecture options below add none: their integer sums are the
+norm statistics, exact for every width by the choice of p (``_ln_fixed_point_bits``, also for hs).
 
-Extension points: ``_mlp_act`` (ReLU^2 = clamp_min(h, 0) squared: correctly rounded multiplies, no
-table), ``_attention`` (QK-norm: ``_norm_quant`` already normalizes any last-dim width, so a per-head
-norm on q/k before quantization is one call; value residuals: add the first layer's dequantized v
-before v's quantization), untied head (the head already is its own quantized tensor ``lm_head``, apart
-from the float embedding ``wte``). ``BytesGPTConfig.bias=True`` is not supported yet.
+Architecture options
+====================
+``BytesGPTConfig`` selects them; the config is hashed into the fingerprint (with an arithmetic revision,
+``_arithmetic_revision``), and an ``mlp`` or ``norm`` value not listed here is refused. Each option is
+elementwise or reduces within one row or one (row, head), so R5 holds for every combination.
+norm="rmsnorm" (ln_1, ln_2, ln_f): the LayerNorm fixed point above without the mean: xi = round(x r),
+    E = sum xi^2 (float64, exact: E <= C 2**2p <= 2**53, R1), zq = quant_rows(xi * g) (or of xi with g
+    folded into the next weight), a = 1 / (sqrt(E / C + eps 2**2p / m^2) * (Q / m_z)) (float64, R2),
+    because x / sqrt(mean x^2 + eps) = xi / sqrt(E / C + eps r^2) when x = xi / r. Same 2**-p error.
+mlp="relu2": g = clamp_min(h, 0) (exact, R3), then g * g (one correctly rounded multiply, R2): the float
+    F.relu(h).square() of the same h. No table (none is stored). Then quant_rows, c_proj, as for GELU.
+qk_norm: per head over hs, on q and k before the rotation, as gpt.py. From the true-unit h (below), per
+    (row, head): m = max|h|, xi = round(h 2**p' / m) with p' = p for width hs (|xi| <= 2**p'), E = sum
+    xi^2 (float64, exact: <= hs 2**2p' <= 2**53, R1), y = xi * g (stored gains q_norm.g / k_norm.g, one
+    rounding), r = 1 / sqrt(E / hs + eps 2**2p' / m^2) (float64, R2): rms_norm(h) * g ~ y * r. y is
+    rotated as above (the rotation commutes with the per-head factor r), quantized per (row, head), and
+    its scale times r (one rounding) is the true scale.
+value_residual: each layer after the first stores its v_mix (float32). Its true-unit v (per head, not
+    rotated: the v heads have cos = 1, sin = 0) becomes v + v_mix * (v_first - v): a subtraction, a
+    multiply and an add, each its own correctly rounded op (R2) in gpt.py's order (no lerp / FMA).
+    v_first is the first layer's true-unit v of the same token (float32, before its quantization). The
+    cache stores the quantized mixed v, as gpt.KVCache stores the mixed v.
+tie_embeddings=False: nothing changes in the arithmetic: the head always is its own quantized tensor
+    ``lm_head`` (from lm_head.weight), apart from the float embedding ``wte`` (transformer.wte.weight);
+    a tied model just has the same weights under both names.
+bias=True: a Linear's bias b is added after the output scaling, (acc * s_col) * scale_row + b (one more
+    rounding). A LayerNorm bias beta is folded into the next Linear, W (z g + beta) + b = W (z g) + b' with
+    b' = W beta + b from exact float64 products and CPython's correctly rounded ``math.fsum`` (no platform
+    summation order), rounded once to float32 (``_fold_bias``); ln_f's beta becomes a head bias, added to
+    the logits as b' K_L. RMSNorm has no bias.
+True units: with qk_norm, value_residual or bias, q/k/v leave c_attn with the norm's row scale applied,
+    h = (acc * s_col) * a (+ b) (one or two roundings), so that QK-norm's eps, the mixing and the bias see
+    the true values; the default architecture keeps a aside (its bits are those of the first version).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -272,6 +305,51 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.to(torch.int8), s[:, 0].contiguous()
 
 
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(t).all():
+        raise CheckpointError("the checkpoint has non-finite weights (NaN or inf); it cannot be quantized")
+    return t
+
+
+def _fold_bias(w: torch.Tensor, b: torch.Tensor | None, beta: torch.Tensor) -> torch.Tensor:
+    """b'[n] = b[n] + sum_k W[n,k] beta[k] (a LayerNorm bias folded into the next Linear), as float32.
+
+    Every product of two float32 values is exact in float64 (24 + 24 significand bits <= 53), so the
+    float64 elementwise multiply is exact on any kernel; ``math.fsum`` then returns the correctly rounded
+    sum of the exact terms (CPython's software algorithm), and the cast to float32 rounds once more.
+    No platform-dependent summation order is involved (R1/R2)."""
+    w = _finite(w).double()
+    prod = (w * beta.double()[None, :]).numpy()  # exact products
+    base = b.double().tolist() if b is not None else [0.0] * w.shape[0]
+    return torch.tensor([math.fsum([base[n], *prod[n].tolist()]) for n in range(w.shape[0])],
+                        dtype=torch.float64).float()
+
+
+MLP_KINDS = ("gelu", "relu2")
+NORM_KINDS = ("layernorm", "rmsnorm")
+
+
+def _check_architecture(c: dict):
+    """Refuse any architecture this module does not compute (rather than silently computing another one)."""
+    if c.get("mlp", "gelu") not in MLP_KINDS:
+        raise ConfigError(f"mlp={c.get('mlp')!r} is not supported by the portable numerics (only "
+                          f"{', '.join(MLP_KINDS)}); compress with --numerics float")
+    if c.get("norm", "layernorm") not in NORM_KINDS:
+        raise ConfigError(f"norm={c.get('norm')!r} is not supported by the portable numerics (only "
+                          f"{', '.join(NORM_KINDS)}); compress with --numerics float")
+
+
+def _arithmetic_revision(c: dict) -> int:
+    """1 for the default architecture (and untied heads), whose arithmetic is unchanged since the first
+    version; 2 when an option is on that the first version ignored (it computed GELU / LayerNorm / no
+    QK-norm / no value residual regardless). Hashed into the fingerprint for revision 2 only, so that a
+    file compressed by the first version under the same config is refused as 'a different model'
+    instead of decoding to garbage, while default-architecture fingerprints stay as they were."""
+    options_on = (c.get("mlp", "gelu") != "gelu" or c.get("norm", "layernorm") != "layernorm"
+                  or c.get("qk_norm", False) or c.get("value_residual", False) or c.get("bias", False))
+    return 2 if options_on else 1
+
+
 # ================================================================================================
 # The model
 # ================================================================================================
@@ -312,14 +390,21 @@ class PortableModel:
         self.options = {**DEFAULT_OPTIONS, **options}
         self.tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         c = self.config
-        if c.get("bias"):
-            raise ConfigError("the portable numerics do not support bias=True models yet; compress with "
-                              "--numerics float")
+        _check_architecture(c)
+        self.relu2 = c.get("mlp", "gelu") == "relu2"
+        self.rms = c.get("norm", "layernorm") == "rmsnorm"
+        self.qk_norm = bool(c.get("qk_norm", False))
+        self.value_residual = bool(c.get("value_residual", False))
+        self.bias = bool(c.get("bias", False))
+        # q, k, v leave the c_attn matmul in true units (row scale applied, bias added) when an option
+        # needs them there; the default keeps the LayerNorm row scale aside (it cancels per head)
+        self._qkv_true_units = self.bias or self.qk_norm or self.value_residual
         self.n_layer, self.n_head, self.n_embd = c["n_layer"], c["n_head"], c["n_embd"]
         self.block_size, self.vocab_size = c["block_size"], c["vocab_size"]
         self.head_size = self.n_embd // self.n_head
         self.hidden = c.get("mlp_ratio", 4) * self.n_embd
         self._check_bounds()
+        self._check_tensors()
         self._runtimes: dict[torch.device, _Runtime] = {}
         rope_F = self.tensors["rope.turns"].numpy().view(np.uint64)
         self._rope = (rope_F, self.tensors["rope.cos1"].numpy(), self.tensors["rope.sin1"].numpy(),
@@ -336,33 +421,51 @@ class PortableModel:
         if unknown:
             raise ValueError(f"unknown options {sorted(unknown)}")
         cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+        _check_architecture(cfg)
         sd = {k: v.detach().to("cpu").to(torch.float32) for k, v in model.state_dict().items()}  # exact upcast
         C, nh = cfg["n_embd"], cfg["n_head"]
         hs = C // nh
         fold = opts["fold_ln_gain"]
+        linear_bias = bool(cfg.get("bias", False))
+        norm_bias = linear_bias and cfg.get("norm", "layernorm") == "layernorm"  # RMSNorm has no bias
         t: dict[str, torch.Tensor] = {}
-        t["wte"] = sd["transformer.wte.weight"].clone()
+        t["wte"] = _finite(sd["transformer.wte.weight"]).clone()
 
-        def add_linear(name, w, gain=None):
+        def add_linear(name, key, gain=None, norm_beta=None):
+            """Wq, s (and a float32 bias when the Linear has one or a LayerNorm bias is folded into it)."""
+            w = sd[key + ".weight"]
+            b = _finite(sd[key + ".bias"]) if linear_bias and key + ".bias" in sd else None
+            if norm_beta is not None:  # Linear(z g + beta) = W (z g) + (W beta + b): exact fold (_fold_bias)
+                b = _fold_bias(w, b, _finite(norm_beta))
             if gain is not None:
                 w = w * gain[None, :]  # one correctly rounded multiply per weight
             q, s = quantize_weight(w)
             t[name + ".q"], t[name + ".s"] = q, s
+            if b is not None:
+                t[name + ".b"] = b.contiguous()
 
         for i in range(cfg["n_layer"]):
             p = f"transformer.h.{i}."
-            g1, g2 = sd[p + "ln_1.weight"], sd[p + "ln_2.weight"]
+            g1, g2 = _finite(sd[p + "ln_1.weight"]), _finite(sd[p + "ln_2.weight"])
+            be1 = sd[p + "ln_1.bias"] if norm_bias else None
+            be2 = sd[p + "ln_2.bias"] if norm_bias else None
             if not fold:
                 t[f"h.{i}.ln_1.g"], t[f"h.{i}.ln_2.g"] = g1.clone(), g2.clone()
-            add_linear(f"h.{i}.attn.c_attn", sd[p + "attn.c_attn.weight"], g1 if fold else None)
-            add_linear(f"h.{i}.attn.c_proj", sd[p + "attn.c_proj.weight"])
-            add_linear(f"h.{i}.mlp.c_fc", sd[p + "mlp.c_fc.weight"], g2 if fold else None)
-            add_linear(f"h.{i}.mlp.c_proj", sd[p + "mlp.c_proj.weight"])
-        gf = sd["transformer.ln_f.weight"]
+            add_linear(f"h.{i}.attn.c_attn", p + "attn.c_attn", g1 if fold else None, be1)
+            add_linear(f"h.{i}.attn.c_proj", p + "attn.c_proj")
+            add_linear(f"h.{i}.mlp.c_fc", p + "mlp.c_fc", g2 if fold else None, be2)
+            add_linear(f"h.{i}.mlp.c_proj", p + "mlp.c_proj")
+            if cfg.get("qk_norm", False):  # per-head gains (hs,): applied after the normalization, not foldable
+                t[f"h.{i}.attn.q_norm.g"] = _finite(sd[p + "attn.q_norm.weight"]).clone()
+                t[f"h.{i}.attn.k_norm.g"] = _finite(sd[p + "attn.k_norm.weight"]).clone()
+            if cfg.get("value_residual", False) and i > 0:
+                t[f"h.{i}.attn.v_mix"] = _finite(sd[p + "attn.v_mix"]).reshape(1).clone()
+        gf = _finite(sd["transformer.ln_f.weight"])
         if not fold:
             t["ln_f.g"] = gf.clone()
-        add_linear("lm_head", sd["lm_head.weight"], gf if fold else None)
-        t.update(_build_tables(hs, float(cfg["rope_base"]), opts))
+        add_linear("lm_head", "lm_head", gf if fold else None,
+                   sd["transformer.ln_f.bias"] if norm_bias else None)  # untied or tied: its own quantized copy
+        t.update(_build_tables(hs, float(cfg["rope_base"]), opts, gelu=cfg.get("mlp", "gelu") == "gelu"))
         return cls(cfg, opts, t)
 
     def state_dict(self) -> dict:
@@ -377,10 +480,14 @@ class PortableModel:
         return cls(state["config"], state["options"], state["tensors"])
 
     def fingerprint(self) -> bytes:
-        """sha256 of the format, config, options and every stored tensor (name, dtype, shape, bytes)."""
+        """sha256 of the format, config (which includes the architecture options), options, the arithmetic
+        revision where it is not 1 (``_arithmetic_revision``) and every stored tensor (name, dtype, shape,
+        bytes)."""
         h = hashlib.sha256()
-        h.update(json.dumps({"format": FORMAT, "config": self.config, "options": self.options},
-                            sort_keys=True).encode())
+        head = {"format": FORMAT, "config": self.config, "options": self.options}
+        if _arithmetic_revision(self.config) > 1:
+            head["revision"] = _arithmetic_revision(self.config)
+        h.update(json.dumps(head, sort_keys=True).encode())
         for name in sorted(self.tensors):
             v = self.tensors[name]
             h.update(json.dumps([name, str(v.dtype), list(v.shape)]).encode())
@@ -423,6 +530,20 @@ class PortableModel:
                     "mlp_in": self._mm_dtype(qa, self.n_embd), "mlp_hidden": self._mm_dtype(qh, self.hidden),
                     "head_in": self._mm_dtype(qa, self.n_embd)}
 
+    def _check_tensors(self):
+        """Every tensor the config's arithmetic needs is there (a state dict is refused up front, not at
+        the first step, and never computed as another architecture)."""
+        need = ["wte", "lm_head.q", "lm_head.s", "table.exp_attn", "table.exp_logit", "rope.turns"]
+        need += ["table.gelu"] if not self.relu2 else []
+        for i in range(self.n_layer):
+            for lin in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                need += [f"h.{i}.{lin}.q", f"h.{i}.{lin}.s"] + ([f"h.{i}.{lin}.b"] if self.bias else [])
+            need += [f"h.{i}.attn.q_norm.g", f"h.{i}.attn.k_norm.g"] if self.qk_norm else []
+            need += [f"h.{i}.attn.v_mix"] if self.value_residual and i > 0 else []
+        missing = [name for name in need if name not in self.tensors]
+        if missing:
+            raise ValueError(f"the portable state lacks tensors {missing[:6]} that its config needs")
+
     def _runtime(self, device) -> _Runtime:
         device = torch.device(device)
         rt = self._runtimes.get(device)
@@ -436,6 +557,8 @@ class PortableModel:
         def wT(name, dtype):  # int8 (N, K) -> integer-valued (K, N) for x @ W^T (exact conversion)
             return T[name + ".q"].to(dtype).t().contiguous().to(device), T[name + ".s"].to(device)
 
+        nh, hs = self.n_head, self.head_size
+        opt = lambda name: T[name].to(device) if name in T else None
         rt.layers = []
         for i in range(self.n_layer):
             L = _Runtime()
@@ -445,18 +568,25 @@ class PortableModel:
             L.w_mproj, L.s_mproj = wT(f"h.{i}.mlp.c_proj", self._dt["mlp_hidden"])
             L.g1 = T[f"h.{i}.ln_1.g"].to(device) if f"h.{i}.ln_1.g" in T else None
             L.g2 = T[f"h.{i}.ln_2.g"].to(device) if f"h.{i}.ln_2.g" in T else None
+            for attr, name in (("b_attn", "attn.c_attn"), ("b_aproj", "attn.c_proj"), ("b_fc", "mlp.c_fc"),
+                               ("b_mproj", "mlp.c_proj")):
+                setattr(L, attr, opt(f"h.{i}.{name}.b"))
+            L.g_qk = None
+            if self.qk_norm:  # (2 nh, hs): q gains for the q heads, then k gains for the k heads
+                L.g_qk = torch.cat([T[f"h.{i}.attn.q_norm.g"][None].expand(nh, hs),
+                                    T[f"h.{i}.attn.k_norm.g"][None].expand(nh, hs)]).contiguous().to(device)
+            L.v_mix = opt(f"h.{i}.attn.v_mix")  # (1,) float32, layers after the first
             rt.layers.append(L)
         rt.w_head, rt.s_head = wT("lm_head", self._dt["head_in"])
-        rt.gf = T["ln_f.g"].to(device) if "ln_f.g" in T else None
+        rt.gf = opt("ln_f.g")
         rt.wte = T["wte"].to(device)
         rt.exp_attn = T["table.exp_attn"].to(device)
         rt.exp_logit = T["table.exp_logit"].to(device)
-        rt.gelu = T["table.gelu"].to(device)
+        rt.gelu = opt("table.gelu")
         rt.n_attn = float(T["table.exp_attn"].numel() - 1)
         rt.n_logit = float(T["table.exp_logit"].numel() - 1)
         # constants as tensors (R2: never divide by a Python scalar)
         rt.q_act, rt.q_hidden = (f32(float(self._bits(n))) for n in ("act_bits", "mlp_hidden_bits"))
-        nh = self.n_head
         rt.q_qkv = f32([[float(self._bits("qk_bits"))]] * (2 * nh) + [[float(self._bits("v_bits"))]] * nh)  # (3nh, 1)
         rt.ln = {}
         for w in (self.n_embd, self.head_size):
@@ -465,10 +595,14 @@ class PortableModel:
             c.P, c.C = f32(float(2 ** p)), f32(float(w))
             c.invC = f64(1.0 / w)  # Python division, correctly rounded (exact for powers of two)
             c.K1 = f64(1e-5 * float(w) ** 2 * 4.0 ** p)  # eps C^2 2**2p, LayerNorm's eps = 1e-5
+            c.K1r = f64(1e-5 * 4.0 ** p)  # eps 2**2p (RMSNorm, QK-norm: no mean, no factor C); exact scaling
             rt.ln[w] = c
         rt.one64 = f64(1.0)
         rt.att_scale = T["const.att_scale"].to(device)  # K_A / sqrt(hs), float32
         rt.logit_scale = T["const.logit_scale"].to(device)  # K_L, float32
+        rt.b_head = opt("lm_head.b")  # a folded ln_f bias (LayerNorm with bias=True)
+        if rt.b_head is not None:
+            rt.b_head = rt.b_head * rt.logit_scale  # b K_L: one rounding (exact for a power-of-two K_L)
         rt.u1 = f32(float(self._u1))  # U1 T <= 2**24
         rt.u2 = f32(float(self._u2))  # qmax_v (U2 + 1 + T/2) <= 2**24
         rt.u12 = f32(float(self._u1) * float(self._u2))  # exact in float64 (< 2**53), rounded once to float32
@@ -504,26 +638,53 @@ class PortableModel:
         return x.mul_(qmax / m).round_(), m / qmax
 
     def _norm_quant(self, x: torch.Tensor, g, rt: _Runtime, qmax: torch.Tensor):
-        """LayerNorm(x) * g quantized per row: (zq integer-valued float32 (B, C), a (B, 1)) with
-        LN(x) ~ zq * a. Integer statistics, exact in any summation order (module docstring)."""
-        ln = rt.ln[x.shape[-1]]  # constants for this width (n_embd; a per-head QK-norm would use hs)
+        """LayerNorm(x) * g, or RMSNorm(x) * g, quantized per row: (zq integer-valued float32 (B, C), a (B, 1))
+        with Norm(x) ~ zq * a. Integer statistics, exact in any summation order (module docstring)."""
+        ln = rt.ln[x.shape[-1]]  # constants for this width
         m = x.abs().amax(dim=-1, keepdim=True).clamp_min_(rt.tiny)  # exact
         xi = (x * (ln.P / m)).round_()  # integers, |xi| <= 2**p (one rounding in P / m, one in x * .)
-        S = xi.sum(dim=-1, keepdim=True)  # exact (R1): |S| <= C 2**p <= 2**23
-        xc = xi.mul_(ln.C).sub_(S)  # C xi - S = C (xi - mean xi): exact integers, |xc| <= 2**24
-        xd = xc.double()
-        E = xd.mul_(xd).sum(dim=-1, keepdim=True)  # exact (R1, float64): C^2 sum (xi - mean)^2 <= C^3 2**2p <= 2**53
+        if self.rms:
+            # RMSNorm: no mean. E = sum xi^2 exact (R1, float64): <= C 2**2p <= 2**53
+            xc = xi
+            xd = xi.double()
+            E = xd.mul_(xd).sum(dim=-1, keepdim=True)
+            K1 = ln.K1r
+        else:
+            S = xi.sum(dim=-1, keepdim=True)  # exact (R1): |S| <= C 2**p <= 2**23
+            xc = xi.mul_(ln.C).sub_(S)  # C xi - S = C (xi - mean xi): exact integers, |xc| <= 2**24
+            xd = xc.double()
+            E = xd.mul_(xd).sum(dim=-1, keepdim=True)  # exact (R1, float64): C^2 sum (xi - mean)^2 <= C^3 2**2p
+            K1 = ln.K1
         if g is not None:
             xc.mul_(g)  # one rounding per element
         mz = xc.abs().amax(dim=-1, keepdim=True).clamp_min_(rt.tiny)
         inv = qmax / mz
         zq = xc.mul_(inv).round_()
-        # With x ~ xi / r (r = 2**p / m):  (x - mean) / sqrt(var + eps) = xc / sqrt(E / C + eps C^2 r^2)
-        # and eps C^2 r^2 = K1 / m^2 with K1 = eps C^2 2**2p; float64, correctly rounded ops (R2).
+        # With x ~ xi / r (r = 2**p / m):  LN: (x - mean) / sqrt(var + eps) = xc / sqrt(E / C + eps C^2 r^2),
+        # eps C^2 r^2 = K1 / m^2 with K1 = eps C^2 2**2p;  RMS: x / sqrt(mean x^2 + eps) = xi / sqrt(E / C + eps r^2),
+        # eps r^2 = K1r / m^2 with K1r = eps 2**2p. float64, correctly rounded ops (R2).
         md = m.double()
-        v = E.mul_(ln.invC).add_(ln.K1 / md.mul_(md))
-        a = rt.one64 / v.sqrt_().mul_(inv.double())  # LN(x) ~ zq * a
+        v = E.mul_(ln.invC).add_(K1 / md.mul_(md))
+        a = rt.one64 / v.sqrt_().mul_(inv.double())  # Norm(x) ~ zq * a
         return zq, a.float()
+
+    @staticmethod
+    def _qk_norm_(h: torch.Tensor, g: torch.Tensor, rt: _Runtime) -> torch.Tensor:
+        """QK-norm, in place on h (B, 2 nh, hs), the true-unit queries and keys: h becomes y = xi * g with
+        integer xi = round(h 2**p / max|h|) per (row, head); returns r (B, 2 nh, 1) float32 with
+        rms_norm(h) * g ~ y * r. The same fixed point as ``_norm_quant`` over the head size, no mean:
+        E = sum xi^2 <= hs 2**2p <= 2**53 is exact in float64 in any order (R1); r = 1 / sqrt(E / hs +
+        eps 2**2p / m^2) in correctly rounded float64 ops (R2). y is not quantized here: the rotation
+        follows (it commutes with the per-head factor r), then the per-(row, head) quantization."""
+        ln = rt.ln[h.shape[-1]]
+        m = h.abs().amax(dim=-1, keepdim=True).clamp_min_(rt.tiny)  # exact
+        xi = h.mul_(ln.P / m).round_()  # integers, |xi| <= 2**p
+        xd = xi.double()
+        E = xd.mul_(xd).sum(dim=-1, keepdim=True)  # exact (R1, float64)
+        md = m.double()
+        v = E.mul_(ln.invC).add_(ln.K1r / md.mul_(md))
+        xi.mul_(g)  # the gain: one rounding per element
+        return (rt.one64 / v.sqrt_()).float()
 
     @staticmethod
     def _linear(xq, w, dtype):
@@ -544,7 +705,11 @@ class PortableModel:
         return table.index_select(0, idx.view(-1)).view(t.shape)
 
     def _mlp_act(self, h: torch.Tensor, rt: _Runtime, buf: torch.Tensor) -> torch.Tensor:
-        """GELU by table (R4), in place on h: nearest grid point, identity above the table range."""
+        """The MLP activation, in place on h. ReLU^2: clamp (exact, R3), then one correctly rounded multiply
+        (R2), as F.relu(h).square(). GELU by table (R4): nearest grid point, identity above the table range."""
+        if self.relu2:
+            h = h.clamp_min_(0.0)
+            return h.mul_(h)
         tail = (h - rt.gelu_R).clamp_min_(0.0)  # h - R above the table, else +0
         t = h.mul_(rt.gelu_mul).add_(rt.gelu_off).clamp_(0.0, rt.gelu_hi)  # exact scale, one rounding
         y = self._table_(t, rt.gelu, buf)  # trunc(h 2**k + N + 1/2): the nearest grid point
@@ -566,19 +731,41 @@ class PortableModel:
         sinF = np.concatenate([np.tile(sin_h, 2 * nh), np.zeros(nh * self.head_size, np.float32)])
         return torch.from_numpy(cosF).to(device), torch.from_numpy(sinF).to(device)
 
-    def _attention(self, x, L, rt, cache, layer, rope, slot, filled):
+    def _attention(self, x, L, rt, cache, layer, rope, slot, filled, v_first):
+        """One attention sub-block; returns (x + attn(x), v_first). v_first is the first layer's true-unit
+        values (B, nh, hs) for value residuals (None otherwise, and on entry to the first layer)."""
         B, C, nh, hs = x.shape[0], self.n_embd, self.n_head, self.head_size
         zq, a = self._norm_quant(x, L.g1, rt, rt.q_act)
-        h = self._linear(zq, L.w_attn, self._dt["attn_in"]).mul_(L.s_attn)  # (B, 3C); row scale a aside
+        h = self._linear(zq, L.w_attn, self._dt["attn_in"]).mul_(L.s_attn)  # (B, 3C)
+        r_qk = None
+        if self._qkv_true_units:
+            h.mul_(a)  # true units: one rounding (the row scale a is then not applied again below)
+            if L.b_attn is not None:
+                h.add_(L.b_attn)  # Linear bias (plus the folded LayerNorm bias): one rounding
+            heads = h.view(B, 3, nh, hs)
+            if self.qk_norm:  # per-head RMS norm of q and k, before the rotation (as gpt.py)
+                r_qk = self._qk_norm_(h.view(B, 3 * nh, hs)[:, : 2 * nh], L.g_qk, rt)
+            if self.value_residual:
+                v = heads[:, 2]  # (B, nh, hs) view into h
+                if v_first is None:  # the first layer: its own values, unmixed
+                    v_first = v.clone()
+                else:  # v + v_mix (v_first - v): three correctly rounded ops, as gpt.py (no lerp / FMA, R2)
+                    d = torch.sub(v_first, v).mul_(L.v_mix)
+                    v.add_(d)
+        # else: the row scale a is kept aside (it cancels in the per-head quantization) and applied to the scales
         cosF, sinF = rope
         sw = h.view(B, 3 * nh, hs).roll(hs // 2, -1).view(B, 3 * C).mul_(sinF)  # halves swapped (exact)
         rot = h.mul_(cosF).add_(sw)  # (x1 c - x2 s, x2 c + x1 s); v: x * 1 + y * 0 = x exactly
         rq, sc = self._quant_rows_(rot.view(B, 3 * nh, hs), rt.q_qkv, rt.tiny)  # per (row, head)
-        sc = sc.mul_(a.view(B, 1, 1)).view(B, 3, nh)  # true scale per (row, head)
+        if not self._qkv_true_units:
+            sc = sc.mul_(a.view(B, 1, 1))  # true scale per (row, head)
+        elif r_qk is not None:
+            sc[:, : 2 * nh].mul_(r_qk)  # q, k: the QK-norm factor (the gain is already in y); one rounding
+        sc = sc.view(B, 3, nh)
         rq = rq.view(B, 3, nh, hs)
         kc, vc, skc, svc = cache.k[layer], cache.v[layer], cache.sk[layer], cache.sv[layer]
         kc[:, :, slot] = rq[:, 1].reshape(B * nh, hs)  # exact copies into the rolling slot
-        vc[:, slot] = rq[:, 2].reshape(B * nh, hs)
+        vc[:, slot] = rq[:, 2].reshape(B * nh, hs)  # with value residuals: the mixed values, as gpt.KVCache
         skc[:, 0, slot] = sc[:, 1].reshape(B * nh)
         svc[:, 0, slot] = sc[:, 2].reshape(B * nh)
         q = rq[:, 0].reshape(B * nh, 1, hs)
@@ -603,14 +790,20 @@ class PortableModel:
         y = o.mul_(um.mul_(s1).div_(wsum.mul_(rt.u12)))  # three roundings in the factor, one in the product
         yq, sy = self._quant_rows_(y.view(B, C), rt.q_act, rt.tiny)
         out = self._linear(yq, L.w_aproj, self._dt["attn_out"]).mul_(L.s_aproj).mul_(sy)
-        return out.add_(x)  # x + out: one rounding (addition commutes exactly)
+        if L.b_aproj is not None:
+            out.add_(L.b_aproj)  # one rounding
+        return out.add_(x), v_first  # x + out: one rounding (addition commutes exactly)
 
     def _mlp(self, x, L, rt, cache):
         zq, a = self._norm_quant(x, L.g2, rt, rt.q_act)
         h = self._linear(zq, L.w_fc, self._dt["mlp_in"]).mul_(L.s_fc).mul_(a)
+        if L.b_fc is not None:
+            h.add_(L.b_fc)  # Linear bias (plus the folded LayerNorm bias): one rounding
         g = self._mlp_act(h, rt, cache.ibuf)
         gq, sg = self._quant_rows_(g, rt.q_hidden, rt.tiny)
         out = self._linear(gq, L.w_mproj, self._dt["mlp_hidden"]).mul_(L.s_mproj).mul_(sg)
+        if L.b_mproj is not None:
+            out.add_(L.b_mproj)
         return out.add_(x)
 
     # ------------------------------------------------------------------ the step
@@ -629,11 +822,14 @@ class PortableModel:
         filled = min(pos + 1, cache.block_size)
         rope = self._rope_vectors(pos, device)
         x = rt.wte.index_select(0, idx)  # (B, C) exact gather
+        v_first = None
         for layer, L in enumerate(rt.layers):
-            x = self._attention(x, L, rt, cache, layer, rope, slot, filled)
+            x, v_first = self._attention(x, L, rt, cache, layer, rope, slot, filled, v_first)
             x = self._mlp(x, L, rt, cache)
         zq, a = self._norm_quant(x, rt.gf, rt, rt.q_act)
         lg = self._linear(zq, rt.w_head, self._dt["head_in"]).mul_(rt.s_head).mul_(a.mul_(rt.logit_scale))
+        if rt.b_head is not None:
+            lg.add_(rt.b_head)  # the folded ln_f bias, times K_L: one rounding
         mx = lg.amax(dim=-1, keepdim=True)
         cache.pos = pos + 1
         return lg.neg_().add_(mx).round_().clamp_max_(rt.n_logit).long()
@@ -692,18 +888,32 @@ def ieee_fp32_matmuls():
             setattr(mod, attr, prev)
 
 
-def _build_tables(hs: int, rope_base: float, opts: dict) -> dict[str, torch.Tensor]:
-    F, c1, s1, c2, s2 = rope_tables(hs, rope_base)
+@functools.lru_cache(maxsize=32)
+def _table_values(hs: int, rope_base: float, exp_attn_per_nat: int, exp_logit_per_nat: int, gelu_log2_step: int,
+                  gelu_range: int, gelu: bool) -> tuple:
+    """The tables' values (tuples: immutable, so the cache cannot be altered), computed once per process for
+    each set of parameters: they are pure functions of them, and nearly all of ``from_float``'s time."""
+    rope = tuple(tuple(v) for v in rope_tables(hs, rope_base))
+    ea, el = tuple(exp_table(exp_attn_per_nat, 15)), tuple(exp_table(exp_logit_per_nat, 32))
+    ge = tuple(gelu_table(gelu_log2_step, gelu_range)) if gelu else None
+    with localcontext() as ctx:  # K_A / sqrt(hs), correctly rounded in decimal, then to float64 -> float32
+        ctx.prec = 50
+        att = _to_float(Decimal(exp_attn_per_nat) / Decimal(hs).sqrt())
+    return rope, ea, el, ge, att
+
+
+def _build_tables(hs: int, rope_base: float, opts: dict, gelu: bool = True) -> dict[str, torch.Tensor]:
+    (F, c1, s1, c2, s2), ea, el, ge, att = _table_values(
+        hs, rope_base, opts["exp_attn_per_nat"], opts["exp_logit_per_nat"], opts["gelu_log2_step"],
+        opts["gelu_range"], gelu)
     t = {}
     t["rope.turns"] = torch.from_numpy(np.array(F, dtype=np.uint64).view(np.int64).copy())
     for name, v in (("cos1", c1), ("sin1", s1), ("cos2", c2), ("sin2", s2)):
         t["rope." + name] = torch.tensor(v, dtype=torch.float64)
-    t["table.exp_attn"] = torch.tensor(exp_table(opts["exp_attn_per_nat"], 15), dtype=torch.float32)
-    t["table.exp_logit"] = torch.tensor(exp_table(opts["exp_logit_per_nat"], 32), dtype=torch.int64)
-    t["table.gelu"] = torch.tensor(gelu_table(opts["gelu_log2_step"], opts["gelu_range"]), dtype=torch.float64).float()
-    with localcontext() as ctx:  # K_A / sqrt(hs), correctly rounded in decimal, then to float64 -> float32
-        ctx.prec = 50
-        att = Decimal(opts["exp_attn_per_nat"]) / Decimal(hs).sqrt()
-    t["const.att_scale"] = torch.tensor(_to_float(att), dtype=torch.float64).float()
+    t["table.exp_attn"] = torch.tensor(ea, dtype=torch.float32)
+    t["table.exp_logit"] = torch.tensor(el, dtype=torch.int64)
+    if gelu:  # ReLU^2 needs no table
+        t["table.gelu"] = torch.tensor(ge, dtype=torch.float64).float()
+    t["const.att_scale"] = torch.tensor(att, dtype=torch.float64).float()
     t["const.logit_scale"] = torch.tensor(float(opts["exp_logit_per_nat"]), dtype=torch.float32)
     return t
