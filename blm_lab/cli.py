@@ -1,8 +1,8 @@
 """The ``blm-lab`` command: one parser for every subcommand.
 
     blm-lab train [DATASET] [flags]               the same as python -m blm_lab.train_bytes
-    blm-lab compress IN OUT --model CKPT [--json]
-    blm-lab decompress IN OUT --model CKPT [--json] [--ignore-compute-mismatch]
+    blm-lab compress IN OUT [--model CKPT] [--mixing cm|none] [--numerics portable|float] [--json]
+    blm-lab decompress IN OUT [--model CKPT] [--json] [--ignore-compute-mismatch]
     blm-lab run [--run-dir DIR] [-p NAME VALUE ...] [--config params.yaml] [--force]
     blm-lab sweep --grid NAME=V1,V2 [NAME=V1,V2 ...] [--run-dir DIR] [-p NAME VALUE ...] [--config params.yaml]
 
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from .codec.container import MAX_OUTPUT_BYTES, NUMERICS
+from .codec.container import MAX_OUTPUT_BYTES, MIXING, NUMERICS
 from .errors import ConfigError, exit_status
 from .files import check_input_file, check_output_file, read_input, write_bytes
 from .training.config import TRAIN_DESCRIPTION, TRAIN_INTERRUPTED, add_train_arguments
@@ -39,7 +39,7 @@ def _transform_file(args, transform, describe) -> int:
     src = check_input_file(args.input)
     dst = check_output_file(args.output, force=args.force, inputs=[src])
     data = read_input(src)
-    model = _load_model(args.model, args.device)
+    model = _load_model(args.model, args.device) if args.model else None
     out, stats = transform(data, model)
     write_bytes(dst, out)
     if args.json:
@@ -53,13 +53,14 @@ def cmd_compress(args) -> int:
     from .codec.neural import compress_with_stats
 
     def transform(data, model):
-        return compress_with_stats(data, model, numerics=args.numerics, segments=args.segments,
+        return compress_with_stats(data, model, numerics=args.numerics, mixing=args.mixing, segments=args.segments,
                                    segment_bytes=args.segment_bytes, progress=not args.quiet)
 
     return _transform_file(args, transform, lambda stats: (
         f"{stats.original_bytes:,} -> {stats.compressed_bytes:,} bytes, {stats.bits_per_byte:.4f} bits/byte "
         f"(ideal {stats.ideal_bits / max(stats.original_bytes, 1):.4f}, overhead {stats.overhead_percent:.3f}%), "
-        f"{stats.numerics} numerics, {stats.bytes_per_second / 1024:.1f} KB/s with {stats.segments} streams"
+        f"numerics {stats.numerics}, mixing {stats.mixing}, {stats.bytes_per_second / 1024:.1f} KB/s with "
+        f"{stats.segments} streams"
         + (f", {stats.stored_segments} segments stored as they are" if stats.stored_segments else "")))
 
 
@@ -163,13 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         p.add_argument("input")
         p.add_argument("output")
-        p.add_argument("--model", required=True, help="checkpoint (.pt) of the model")
+        p.add_argument("--model", default=None, help="checkpoint (.pt) of the model (compress without one: context "
+                                                      "mixing alone; decompress needs the one that compressed)")
         p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto (portable files decode on any of them)")
         p.add_argument("--json", action="store_true", help="print a one-line JSON summary")
         p.add_argument("--force", action="store_true", help="overwrite an existing output file")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "compress":
-            p.add_argument("--numerics", choices=NUMERICS, default="portable",
+            p.add_argument("--mixing", choices=MIXING, default="cm",
+                           help="cm (default): mix the model with the file's own statistics, bit by bit; none: code "
+                                "the model's byte distributions as they are")
+            p.add_argument("--numerics", choices=NUMERICS[:2], default="portable",
                            help="portable (default): bit-exact, decodes on any machine; float: the model's own float "
                                 "arithmetic, decodes only under the same compute setting")
             group = p.add_mutually_exclusive_group()

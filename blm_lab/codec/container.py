@@ -10,10 +10,13 @@ UTF-8 bytes)::
     original_length  varint
     checksum         8 bytes   first 8 bytes of sha256(original)
     -- mode 0 only --
-    numerics         u8        0 = portable (bit-exact everywhere), 1 = float (needs the same setting)
-    mixing           u8        0 = none (the model's byte distributions are coded directly)
+    numerics         u8        0 = portable (bit-exact everywhere), 1 = float (needs the same setting),
+                               2 = none (no model: context mixing alone)
+    mixing           u8        0 = none (the model's byte distributions are coded directly),
+                               1 = cm (``codec.mixing``: bits coded with context mixing)
     precision        u8        the coder's frequency precision (totals are 2**precision)
-    model_fp         16 bytes  the model's fingerprint (portable: its integer weights and tables)
+    model_fp         16 bytes  the model's fingerprint (portable: its integer weights and tables; zeros: none)
+    mixer_fp         4 bytes   mixing cm only: the mixer's configuration and tables (``MixerConfig.fingerprint``)
     n_setting        varint    float numerics: the compute setting as (str8 key, str8 value) pairs
     setting          n_setting pairs
     segment_bytes    varint    original bytes per segment (the last may be shorter)
@@ -45,8 +48,9 @@ from ..errors import ContainerError
 MAGIC = b"BLMZ"
 FORMAT_VERSION = 2
 MODE_CODED, MODE_STORED = 0, 1
-NUMERICS = ("portable", "float")  # the numerics byte indexes this
-MIXING = ("none",)  # the mixing byte indexes this
+NUMERICS = ("portable", "float", "none")  # the numerics byte indexes this ("none": no model)
+MIXING = ("none", "cm")  # the mixing byte indexes this
+MIXER_FINGERPRINT_BYTES = 4
 MAX_OUTPUT_BYTES = 1 << 32  # the default cap on what a file may claim to decode to
 CHECKSUM_BYTES = 8
 FINGERPRINT_BYTES = 16
@@ -61,6 +65,7 @@ class Header:
     mixing: str = "none"
     precision: int = 24
     model_fingerprint: bytes = bytes(FINGERPRINT_BYTES)
+    mixer_fingerprint: bytes = b""  # MIXER_FINGERPRINT_BYTES with mixing "cm"
     setting: dict[str, str] = field(default_factory=dict)  # float numerics only
     segment_bytes: int = 1
     stream_lengths: list[int] = field(default_factory=list)
@@ -85,12 +90,14 @@ def stored_overhead(n: int) -> int:
     return len(MAGIC) + 2 + len(_varint(n)) + CHECKSUM_BYTES + 4
 
 
-def max_symbols(stream_bytes: int, precision: int, num_symbols: int) -> int:
-    """The most symbols a stream of ``stream_bytes`` can hold: every symbol costs at least
-    -log2((2**precision - num_symbols + 1) / 2**precision) bits (every frequency is >= 1), and the
-    encoder's output is at least the cost of what it coded minus 64 bits (its final interval)."""
-    least_bits = -math.log2((2**precision - num_symbols + 1) / 2**precision)
-    return int((8 * stream_bytes + 64) / least_bits) + 1
+def max_bytes(stream_bytes: int, header: "Header") -> int:
+    """The most original bytes a coded stream of ``stream_bytes`` can hold: every coded symbol (a byte,
+    or with mixing one of its 8 bits) costs at least -log2((2**precision - V + 1) / 2**precision) bits,
+    V its number of values (every frequency is >= 1), and the encoder's output is at least the cost of
+    what it coded minus 64 bits (its final interval)."""
+    values, per_byte = (2, 8) if header.mixing != "none" else (256, 1)
+    least_bits = -math.log2((2**header.precision - values + 1) / 2**header.precision)
+    return int((8 * stream_bytes + 64) / least_bits) // per_byte + 1
 
 
 def _varint(value: int) -> bytes:
@@ -151,6 +158,9 @@ def pack(header: Header, payload_parts: list[bytes]) -> bytes:
         assert len(header.model_fingerprint) == FINGERPRINT_BYTES
         head += bytes([NUMERICS.index(header.numerics), MIXING.index(header.mixing), header.precision])
         head += header.model_fingerprint
+        if header.mixing != "none":
+            assert len(header.mixer_fingerprint) == MIXER_FINGERPRINT_BYTES
+            head += header.mixer_fingerprint
         head += _varint(len(header.setting))
         for key, value in header.setting.items():
             head += _str8(key) + _str8(value)
@@ -187,7 +197,11 @@ def unpack(blob: bytes, max_output_bytes: int = MAX_OUTPUT_BYTES) -> tuple[Heade
             raise ContainerError("the header is corrupted (or written by a newer blm_lab): unknown numerics, "
                                  "mixing or precision")
         header.numerics, header.mixing = NUMERICS[numerics], MIXING[mixing]
+        if header.numerics == "none" and header.mixing == "none":
+            raise ContainerError("the header is corrupted: a file coded with neither a model nor mixing")
         header.model_fingerprint = r.take(FINGERPRINT_BYTES)
+        if header.mixing != "none":
+            header.mixer_fingerprint = r.take(MIXER_FINGERPRINT_BYTES)
         n_setting = r.varint()
         if n_setting > len(blob):
             raise ContainerError("the header is corrupted: impossible setting count")
@@ -226,7 +240,7 @@ def _check_segments(header: Header, payload: bytes) -> None:
     for length, stream, stored in zip(header.segment_lengths(), header.stream_lengths, header.stored_segments):
         if stored and stream != length:
             raise ContainerError("the header is corrupted: a stored segment does not hold its own length")
-        if not stored and length > max_symbols(stream, header.precision, 256):
+        if not stored and length > max_bytes(stream, header):
             raise ContainerError("the header is corrupted: a segment claims more bytes than its stream can hold")
     expected = sum(header.stream_lengths)
     if len(payload) < expected:

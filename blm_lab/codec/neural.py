@@ -60,7 +60,8 @@ class CompressionStats:
     segments: int  # lock-step streams
     segment_bytes: int
     stored_segments: int  # segments kept as their own bytes (coding them would not have made them smaller)
-    numerics: str  # "portable", "float", or "stored" (the whole file kept as it is)
+    numerics: str  # "portable", "float", "none" (context mixing alone), or "stored" (the file kept as it is)
+    mixing: str  # "cm" (bits coded with context mixing) or "none" (byte distributions coded directly)
     model_seconds: float  # producing the integer frequencies (the model and its quantisation)
     coder_seconds: float  # arithmetic coding
 
@@ -206,6 +207,9 @@ def make_predictor(model, numerics: str = "portable"):
 @contextlib.contextmanager
 def _eval_mode(model):
     """The model in eval mode for the loop, its train/eval mode restored afterwards."""
+    if model is None:
+        yield
+        return
     was_training = model.training
     model.eval()
     try:
@@ -252,107 +256,180 @@ def _segment_matrix(data: bytes, segment_bytes: int, n_segments: int) -> np.ndar
 @dataclass
 class _LoopTimes:
     model_seconds: float = 0.0
-    coder_seconds: float = 0.0
+    coder_seconds: float = 0.0  # the coder, and with mixing the context mixer
 
 
 def _uniform_freqs(n_streams: int) -> np.ndarray:
     return np.full((n_streams, 256), (1 << PRECISION) // 256, dtype=np.int64)
 
 
-def _lockstep(predictor, lengths: np.ndarray, code, label: str, progress: bool):
-    """The loop both sides run, so their frequencies are the same computation by construction.
+class _ByteCoding:
+    """Mixing "none": each step codes the predictor's byte distributions directly (precision 24).
 
-    ``code(freqs, active) -> symbols`` codes one byte per active stream (the encoder encodes the known
-    bytes and returns them, the decoder decodes and returns them). Step 0 uses the uniform distribution;
-    every later step feeds each stream's previous byte to the predictor with the batch fixed at
-    B = len(lengths) (finished streams keep feeding 0 and are masked out of the coder). Returns the
-    symbols (B, max length) uint8, each stream's ideal bits (B,), and the measured times.
+    ``coder`` is a BatchEncoder (``known`` all bytes) or a BatchDecoder (``known`` the stored segments'
+    bytes, which it returns without decoding)."""
+
+    precision = PRECISION
+
+    def __init__(self, coder, decoding: bool, known: np.ndarray, stored: np.ndarray):
+        self.coder, self.decoding, self.known, self.stored = coder, decoding, known, stored
+        self.bits = np.zeros(known.shape[0], dtype=np.float64)
+
+    def __call__(self, pos: int, freqs: np.ndarray, active: np.ndarray) -> np.ndarray:
+        if self.decoding:
+            symbols = self.coder.decode(freqs, active & ~self.stored)
+            symbols[self.stored] = self.known[self.stored, pos]
+        else:
+            symbols = self.known[:, pos].astype(np.int64)
+            self.coder.encode(freqs, symbols, active)
+        chosen = np.take_along_axis(freqs, symbols[:, None], axis=1)[:, 0]
+        self.bits += np.where(active, PRECISION - np.log2(chosen), 0.0)
+        return symbols
+
+
+class _MixedCoding:
+    """Mixing "cm": each step codes 8 bits per stream with ``codec.mixing.ContextMixer``, the predictor's
+    integer frequencies (if any) one of its inputs (precision 16)."""
+
+    precision = 16
+
+    def __init__(self, coder, decoding: bool, known: np.ndarray, stored: np.ndarray, neural: bool):
+        from .mixing import BitCoder, ContextMixer
+
+        B = known.shape[0]
+        self.mixer = ContextMixer(B, neural=neural)
+        self.bit_coder = BitCoder(coder, B, decoding, stored)
+        self.known, self.neural = known, neural
+
+    @property
+    def bits(self) -> np.ndarray:
+        return self.bit_coder.bits
+
+    def __call__(self, pos: int, freqs: np.ndarray, active: np.ndarray) -> np.ndarray:
+        self.bit_coder.start(active, self.known[:, pos])
+        return self.mixer.code_step(freqs if self.neural else None, self.bit_coder, active)
+
+
+def _lockstep(predictor, lengths: np.ndarray, coding, label: str, progress: bool):
+    """The loop both sides run, so their predictions are the same computation by construction.
+
+    ``coding(pos, freqs, active) -> symbols`` codes one byte per active stream (``_ByteCoding`` or
+    ``_MixedCoding``; the encoder's returns the known bytes, the decoder's the decoded ones). Step 0's
+    frequencies are uniform; every later step feeds each stream's previous byte to the predictor (none
+    for context mixing alone) with the batch fixed at B = len(lengths): finished streams keep feeding
+    0 and are masked out of the coder. Returns the symbols (B, max length) uint8 and the times.
     """
     B = len(lengths)
     steps = int(lengths.max())
-    cache = predictor.new_cache(B)
+    cache = predictor.new_cache(B) if predictor is not None else None
     times = _LoopTimes()
     symbols = np.zeros((B, steps), dtype=np.uint8)
-    bits = np.zeros(B, dtype=np.float64)
     bar = tqdm(total=int(lengths.sum()), desc=label, unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
-    freqs = _uniform_freqs(B)
+    freqs = _uniform_freqs(B) if predictor is not None else None
     for pos in range(steps):
-        if pos:
+        if pos and predictor is not None:
             t = time.perf_counter()
             freqs = predictor.freqs(symbols[:, pos - 1].astype(np.int64), cache)  # (B, 256) int64
             times.model_seconds += time.perf_counter() - t
         active = lengths > pos
         t = time.perf_counter()
-        coded = code(freqs, active)
+        symbols[:, pos] = coding(pos, freqs, active)
         times.coder_seconds += time.perf_counter() - t
-        symbols[:, pos] = coded
-        chosen = np.take_along_axis(freqs, coded.astype(np.int64)[:, None], axis=1)[:, 0]
-        bits += np.where(active, PRECISION - np.log2(chosen), 0.0)
         bar.update(int(active.sum()))
     bar.close()
-    return symbols, bits, times
+    return symbols, times
+
+
+def _coding(mixing: str, coder, decoding: bool, known: np.ndarray, stored: np.ndarray, predictor):
+    if mixing == "cm":
+        return _MixedCoding(coder, decoding, known, stored, neural=predictor is not None)
+    return _ByteCoding(coder, decoding, known, stored)
+
+
+def _precision(mixing: str) -> int:
+    return _MixedCoding.precision if mixing == "cm" else _ByteCoding.precision
+
+
+def _mixer_fingerprint(mixing: str) -> bytes:
+    if mixing == "none":
+        return b""
+    from .mixing import MixerConfig
+
+    return MixerConfig().fingerprint()[:container.MIXER_FINGERPRINT_BYTES]
 
 
 def _stats(n: int, blob: bytes, ideal: float, times: _LoopTimes, t_start: float, segments: int, segment_bytes: int,
-           stored_segments: int, numerics: str) -> CompressionStats:
+           stored_segments: int, numerics: str, mixing: str) -> CompressionStats:
     return CompressionStats(original_bytes=n, compressed_bytes=len(blob), ideal_bits=float(ideal),
                             seconds=time.perf_counter() - t_start, segments=int(segments),
                             segment_bytes=int(segment_bytes), stored_segments=int(stored_segments), numerics=numerics,
-                            model_seconds=times.model_seconds, coder_seconds=times.coder_seconds)
+                            mixing=mixing, model_seconds=times.model_seconds, coder_seconds=times.coder_seconds)
 
 
 # ----------------------------------------------------------------------------- compress
 
-def compress_with_stats(data: bytes, model, *, numerics: str = "portable", segments: int | None = None,
-                        segment_bytes: int | None = None, progress: bool = False) -> tuple[bytes, CompressionStats]:
-    """Compress ``data`` with ``model``; returns the container bytes and measured statistics."""
+def compress_with_stats(data: bytes, model=None, *, numerics: str = "portable", mixing: str = "cm",
+                        segments: int | None = None, segment_bytes: int | None = None,
+                        progress: bool = False) -> tuple[bytes, CompressionStats]:
+    """Compress ``data`` with ``model`` (None: context mixing alone); returns the container bytes and
+    measured statistics. ``mixing="cm"`` (the default) codes every bit with the context mixer of
+    ``codec.mixing``, the model one of its inputs; ``"none"`` codes the model's byte distributions as
+    they are."""
     data = bytes(data)
+    if mixing not in container.MIXING:
+        raise ConfigError(f"mixing {mixing!r} is not one of {', '.join(container.MIXING)}")
+    if model is None and mixing == "none":
+        raise ConfigError("with no model there is nothing to code with: give a model, or mixing='cm'")
     t_start = time.perf_counter()
     n = len(data)
     seg = _segment_bytes(n, segments, segment_bytes)
     lengths = _segment_lengths(n, seg)
     B = len(lengths)
-    predictor = make_predictor(model, numerics)
+    predictor = make_predictor(model, numerics) if model is not None else None
+    used_numerics = predictor.numerics if predictor is not None else "none"
     times, streams, stored, ideal = _LoopTimes(), [], [], 8.0 * n
     if B:
         known = _segment_matrix(data, seg, B)
-        encoder = BatchEncoder(B)
-        column = iter(range(seg))
-
-        def encode(freqs, active):
-            symbols = known[:, next(column)]
-            encoder.encode(freqs, symbols, active)
-            return symbols
-
-        with _eval_mode(model), predictor.running():
-            _, bits, times = _lockstep(predictor, lengths, encode, "compress", progress)
+        encoder = BatchEncoder(B, _precision(mixing))
+        coding = _coding(mixing, encoder, False, known, np.zeros(B, dtype=bool), predictor)
+        with _eval_mode(model), (predictor.running() if predictor else contextlib.nullcontext()):
+            _, times = _lockstep(predictor, lengths, coding, "compress", progress)
         coded = encoder.finish()
         # a segment that does not shrink is stored as its own bytes
         stored = [bool(len(stream) >= length) for stream, length in zip(coded, lengths)]
         streams = [known[b, :lengths[b]].tobytes() if stored[b] else coded[b] for b in range(B)]
-        ideal = float(np.where(stored, 8.0 * lengths, bits).sum())
+        ideal = float(np.where(stored, 8.0 * lengths, coding.bits).sum())
     header = container.Header(
-        original_length=n, checksum=container.checksum(data), numerics=predictor.numerics, precision=PRECISION,
-        model_fingerprint=predictor.fingerprint(), setting=predictor.setting(), segment_bytes=seg,
-        stream_lengths=[len(s) for s in streams], stored_segments=stored)
+        original_length=n, checksum=container.checksum(data), numerics=used_numerics, mixing=mixing,
+        precision=_precision(mixing),
+        model_fingerprint=predictor.fingerprint() if predictor else bytes(container.FINGERPRINT_BYTES),
+        mixer_fingerprint=_mixer_fingerprint(mixing), setting=predictor.setting() if predictor else {},
+        segment_bytes=seg, stream_lengths=[len(s) for s in streams], stored_segments=stored)
     blob = container.pack(header, streams)
     if len(blob) > n + container.stored_overhead(n):  # coding did not pay: keep the file as it is
         blob = container.pack(container.Header(original_length=n, checksum=header.checksum, stored=True), [data])
-        return blob, _stats(n, blob, 8.0 * n, times, t_start, 0, seg, 0, "stored")
-    return blob, _stats(n, blob, ideal, times, t_start, B, seg, sum(stored), predictor.numerics)
+        return blob, _stats(n, blob, 8.0 * n, times, t_start, 0, seg, 0, "stored", "none")
+    return blob, _stats(n, blob, ideal, times, t_start, B, seg, sum(stored), used_numerics, mixing)
 
 
-def compress(data: bytes, model, *, numerics: str = "portable", segments: int | None = None,
+def compress(data: bytes, model=None, *, numerics: str = "portable", mixing: str = "cm", segments: int | None = None,
              segment_bytes: int | None = None, progress: bool = False) -> bytes:
-    """Compress bytes with a byte model. Decompress with ``decompress(blob, model)`` and the same model."""
-    return compress_with_stats(data, model, numerics=numerics, segments=segments, segment_bytes=segment_bytes,
-                               progress=progress)[0]
+    """Compress bytes (see ``compress_with_stats``). Decompress with ``decompress(blob, model)`` and the same model."""
+    return compress_with_stats(data, model, numerics=numerics, mixing=mixing, segments=segments,
+                               segment_bytes=segment_bytes, progress=progress)[0]
 
 
 # ----------------------------------------------------------------------------- decompress
 
 def check_compatible(header: container.Header, predictor, allow_compute_mismatch: bool = False) -> None:
-    """Refuse the wrong model outright; for float files, a different compute setting unless asked to try anyway."""
+    """Refuse the wrong model or mixer outright; for float files, a different compute setting unless asked
+    to try anyway."""
+    if header.mixing != "none" and header.mixer_fingerprint != _mixer_fingerprint(header.mixing):
+        raise CompressionError(f"this file was compressed with another context mixer (fingerprint "
+                               f"{header.mixer_fingerprint.hex()}, this blm_lab's {_mixer_fingerprint(header.mixing).hex()})"
+                               "; decompress it with the blm_lab release that wrote it")
+    if predictor is None:
+        return
     if header.model_fingerprint != predictor.fingerprint():
         raise CompressionError(
             f"this file was compressed with a different model (fingerprint {header.model_fingerprint.hex()}, "
@@ -372,7 +449,7 @@ def check_compatible(header: container.Header, predictor, allow_compute_mismatch
             "portable numerics decode anywhere")
 
 
-def decompress_with_stats(blob: bytes, model, *, progress: bool = False, allow_compute_mismatch: bool = False,
+def decompress_with_stats(blob: bytes, model=None, *, progress: bool = False, allow_compute_mismatch: bool = False,
                           max_output_bytes: int = container.MAX_OUTPUT_BYTES) -> tuple[bytes, CompressionStats]:
     t_start = time.perf_counter()
     header, parts = container.unpack(bytes(blob), max_output_bytes)
@@ -381,30 +458,26 @@ def decompress_with_stats(blob: bytes, model, *, progress: bool = False, allow_c
         out = parts[0]
         if container.checksum(out) != header.checksum:
             raise CompressionError("checksum mismatch in a stored file: the file is corrupted; nothing was written")
-        return out, _stats(n, blob, 8.0 * n, _LoopTimes(), t_start, 0, seg, 0, "stored")
-    if header.precision != PRECISION:
-        raise CompressionError(f"unsupported coder precision {header.precision} (this coder uses {PRECISION})")
-    predictor = make_predictor(model, header.numerics)
+        return out, _stats(n, blob, 8.0 * n, _LoopTimes(), t_start, 0, seg, 0, "stored", "none")
+    if header.precision != _precision(header.mixing):
+        raise CompressionError(f"unsupported coder precision {header.precision} for mixing {header.mixing!r}")
+    if header.numerics != "none" and model is None:
+        raise CompressionError(f"this file was compressed with a model (fingerprint {header.model_fingerprint.hex()}); "
+                               "pass the checkpoint that compressed it (--model)")
+    predictor = make_predictor(model, header.numerics) if header.numerics != "none" else None
     check_compatible(header, predictor, allow_compute_mismatch)
     lengths = _segment_lengths(n, seg)
     stored = np.array(header.stored_segments, dtype=bool)
-    raw = np.zeros((len(lengths), seg), dtype=np.uint8)  # the stored segments' bytes, known to both sides
+    known = np.zeros((len(lengths), seg), dtype=np.uint8)  # the stored segments' bytes, known to both sides
     for b in np.flatnonzero(stored):
-        raw[b, :lengths[b]] = np.frombuffer(parts[b], dtype=np.uint8)
-    decoder = BatchDecoder([b"" if s else p for p, s in zip(parts, stored)])
-    column = iter(range(seg))
-
-    def decode(freqs, active):
-        pos = next(column)
-        symbols = decoder.decode(freqs, active & ~stored)
-        symbols[stored] = raw[stored, pos]
-        return symbols
-
+        known[b, :lengths[b]] = np.frombuffer(parts[b], dtype=np.uint8)
+    decoder = BatchDecoder([b"" if s else p for p, s in zip(parts, stored)], header.precision)
+    coding = _coding(header.mixing, decoder, True, known, stored, predictor)
     # a float file decoded under an overridden setting mismatch may fail here without being damaged
     maybe = " or the float arithmetic here differs from where it was made" if header.numerics == "float" else ""
     try:
-        with _eval_mode(model), predictor.running(header.setting):
-            symbols, bits, times = _lockstep(predictor, lengths, decode, "decompress", progress)
+        with _eval_mode(model), (predictor.running(header.setting) if predictor else contextlib.nullcontext()):
+            symbols, times = _lockstep(predictor, lengths, coding, "decompress", progress)
     except StreamError as exc:
         raise CompressionError(f"decoding failed: the compressed data is corrupted{maybe} ({exc}); nothing was written") from None
     # every segment but the last is full, so the rows of (B, segment length) laid end to end are the bytes
@@ -412,11 +485,12 @@ def decompress_with_stats(blob: bytes, model, *, progress: bool = False, allow_c
     if container.checksum(out) != header.checksum:
         raise CompressionError(f"checksum mismatch after decoding: the output is not the original; the file is "
                                f"corrupted{maybe}; nothing was written")
-    ideal = float(np.where(stored, 8.0 * lengths, bits).sum())
-    return out, _stats(n, blob, ideal, times, t_start, len(lengths), seg, int(stored.sum()), header.numerics)
+    ideal = float(np.where(stored, 8.0 * lengths, coding.bits).sum())
+    return out, _stats(n, blob, ideal, times, t_start, len(lengths), seg, int(stored.sum()), header.numerics,
+                       header.mixing)
 
 
-def decompress(blob: bytes, model, *, progress: bool = False, allow_compute_mismatch: bool = False,
+def decompress(blob: bytes, model=None, *, progress: bool = False, allow_compute_mismatch: bool = False,
                max_output_bytes: int = container.MAX_OUTPUT_BYTES) -> bytes:
     """Inverse of compress(); raises CompressionError / ContainerError naming the cause, never wrong output."""
     return decompress_with_stats(blob, model, progress=progress, allow_compute_mismatch=allow_compute_mismatch,
@@ -424,22 +498,29 @@ def decompress(blob: bytes, model, *, progress: bool = False, allow_compute_mism
 
 
 class NeuralCompressor:
-    """The model as a registry compressor: ``compress(data) -> bytes`` and ``decompress(blob) -> bytes``."""
+    """blm as a registry compressor: ``compress(data) -> bytes`` and ``decompress(blob) -> bytes``.
 
-    def __init__(self, model, name: str = "blm", numerics: str = "portable", segments: int | None = None,
-                 segment_bytes: int | None = None, progress: bool = False):
-        self.model = model
-        self.name = name
-        self.numerics = numerics
+    ``model`` None is the context mixer alone (``mixing`` must then be "cm"). ``num_params`` is what the
+    comparison charges for the model (None without one).
+    """
+
+    def __init__(self, model=None, name: str = "blm", numerics: str = "portable", mixing: str = "cm",
+                 segments: int | None = None, segment_bytes: int | None = None, progress: bool = False):
+        self.model, self.name, self.numerics, self.mixing = model, name, numerics, mixing
         self.segments, self.segment_bytes = segments, segment_bytes
         self.progress = progress
         self.last_stats: CompressionStats | None = None
-        self.num_params = model.num_params()
-        self.knows = f"its model ({self.num_params:,} parameters, trained on the training split; not counted)"
+        self.num_params = model.num_params() if model is not None else None
+        if model is None:
+            self.knows = "nothing: the file alone (context mixing, no model)"
+        else:
+            self.knows = (f"its model ({self.num_params:,} parameters, trained on the training split; not counted)"
+                          + ("" if mixing == "none" else " and the file so far (context mixing)"))
 
     def compress(self, data: bytes) -> bytes:
-        blob, self.last_stats = compress_with_stats(data, self.model, numerics=self.numerics, segments=self.segments,
-                                                    segment_bytes=self.segment_bytes, progress=self.progress)
+        blob, self.last_stats = compress_with_stats(data, self.model, numerics=self.numerics, mixing=self.mixing,
+                                                    segments=self.segments, segment_bytes=self.segment_bytes,
+                                                    progress=self.progress)
         return blob
 
     def decompress(self, blob: bytes) -> bytes:

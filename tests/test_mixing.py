@@ -1,0 +1,276 @@
+"""The context mixer (codec.mixing): exact encoder/decoder symmetry of every prediction, round trips through
+the codec, determinism across processes and thread settings, and integer-only kernels."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import blm_lab.codec.mixing as M
+from blm_lab.codec import container
+from blm_lab.codec.coder import BatchDecoder, BatchEncoder
+from blm_lab.codec.neural import compress, compress_with_stats, decompress
+from blm_lab.gpt import BytesGPT, BytesGPTConfig
+
+SMALL = M.MixerConfig(hash_bits=12, match_bits=12)  # small tables: cheap mixers for the direct tests
+CANTERBURY = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "canterbury"
+PINNED_TABLES = "58c70c673cc5197d63b35882c12891b43632c51f9a9e286aa58397c60136b07e"
+TEXT = (b"Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: "
+        b"once or twice she had peeped into the book her sister was reading, but it had no pictures or conversations "
+        b"in it, 'and what is the use of a book,' thought Alice 'without pictures or conversations?'\n") * 12
+
+
+def lockstep(data: bytes, segment_bytes: int, config=SMALL, neural_freqs=None, record=None, masks=None):
+    """Code ``data`` with a ContextMixer and decode it again, as codec.neural's loop does; returns the
+    encoder's and the decoder's p1 sequences (and checks the bytes came back)."""
+    n = len(data)
+    B = -(-n // segment_bytes)
+    known = np.zeros(B * segment_bytes, dtype=np.uint8)
+    known[:n] = np.frombuffer(data, dtype=np.uint8)
+    known = known.reshape(B, segment_bytes).astype(np.int64)
+    lengths = np.minimum(segment_bytes, n - np.arange(B) * segment_bytes)
+    steps = int(lengths.max())
+    records = []
+    for decoding in (False, True):
+        record = []
+        mixer = M.ContextMixer(B, config, neural=neural_freqs is not None)
+        coder = BatchDecoder(streams, 16) if decoding else BatchEncoder(B, 16)
+        bits = M.BitCoder(coder, B, decoding, record=record)
+        out = np.zeros((B, steps), dtype=np.int64)
+        for t in range(steps):
+            active = (lengths > t) if masks is None else masks[t]
+            bits.start(active, known[:, t])
+            out[:, t] = mixer.code_step(neural_freqs[t] if neural_freqs is not None else None, bits, active)
+        if not decoding:
+            streams = coder.finish()
+        else:
+            valid = np.arange(steps)[None, :] < lengths[:, None] if masks is None else masks.T
+            assert np.array_equal(out[valid], known[:, :steps][valid])
+        records.append((np.array(record), mixer))
+    return records
+
+
+def fake_neural(rng, steps, B):
+    """Integer frequencies totalling 2**24 per row, some very confident."""
+    raw = rng.integers(1, 1000, size=(steps, B, 256)).astype(np.int64)
+    np.put_along_axis(raw, rng.integers(0, 256, size=(steps, B))[..., None], 10**7, axis=-1)
+    f = raw * ((1 << 24) - 256) // raw.sum(-1, keepdims=True) + 1
+    f[..., 0] += (1 << 24) - f.sum(-1)
+    assert (f >= 1).all() and (f.sum(-1) == 1 << 24).all()
+    return f
+
+
+# ----------------------------------------------------------------------------- tables
+
+def test_tables_are_pinned_integers():
+    """The tables are the same integers everywhere (decimal arithmetic and integer rules, never libm)."""
+    assert M.table_digest() == PINNED_TABLES
+    for table in (M.SQUASH, M.STRETCH, M.LOG2, M.NEX, M.STATE_INIT, M.DT):
+        assert np.issubdtype(table.dtype, np.integer)
+    assert M.SQUASH.min() >= 1 and M.SQUASH.max() <= M.PONE - 1
+    assert np.all(np.diff(M.SQUASH) >= 0) and np.all(np.diff(M.STRETCH[1:]) >= 0)
+
+
+def test_state_machine_counts_and_discounts():
+    s = 0
+    for _ in range(100):
+        s = M.NEX[s, 1]
+    assert M.STATE_N1[s] == 40 and M.STATE_N0[s] == 0
+    s = M.NEX[s, 0]
+    assert M.STATE_N0[s] == 1 and M.STATE_N1[s] < 40  # the opposite count is discounted
+
+
+# ----------------------------------------------------------------------------- symmetry
+
+@pytest.mark.parametrize("segment_bytes", [len(TEXT), 500, 977, 59])
+def test_encoder_and_decoder_predict_the_same_p1_at_every_bit(segment_bytes):
+    """Both sides see the same p1 at every bit of every stream, also where the last segment is short (its
+    stream finishes early and is masked out of the remaining steps)."""
+    data = TEXT + bytes(range(256)) * 2
+    (enc, _), (dec, _) = lockstep(data, segment_bytes)
+    assert enc.shape == dec.shape and enc.shape[0] % 8 == 0 and np.array_equal(enc, dec)
+    assert enc.min() >= 0 and enc.max() <= M.PONE - 1
+
+
+def test_arbitrary_active_masks_keep_every_table_identical():
+    """Streams pausing and resuming at random: predictions and every table of the shared state agree."""
+    rng = np.random.default_rng(3)
+    B, steps = 6, 250
+    data = (TEXT * 2)[:B * steps]
+    masks = rng.random((steps, B)) < 0.7
+    for neural in (None, fake_neural(rng, steps, B)):
+        (enc, m1), (dec, m2) = lockstep(data, steps, neural_freqs=neural, masks=masks)
+        assert np.array_equal(enc, dec)
+        for name in ("STATES", "APROB", "W1", "W2", "APM", "MMHT", "BUF", "S"):
+            assert np.array_equal(getattr(m1, name), getattr(m2, name)), name
+
+
+def test_neural_input_dominates_at_the_start():
+    """A fresh mixer follows the model: a confident byte prediction sets every one of its bits."""
+    B = 4
+    mixer = M.ContextMixer(B, SMALL, neural=True)
+    freqs = np.full((B, 256), 1, dtype=np.int64)
+    freqs[:, 0x41] = (1 << 24) - 255  # the model is sure the byte is 'A' (0b01000001)
+    seen = []
+
+    def bits(p1):
+        seen.append(p1.copy())
+        return np.full(B, (0x41 >> (8 - len(seen))) & 1, dtype=np.int64)
+
+    mixer.code_step(freqs, bits)
+    for k, p1 in enumerate(seen):
+        assert (p1 > 60000).all() if (0x41 >> (7 - k)) & 1 else (p1 < 5536).all()
+
+
+# ----------------------------------------------------------------------------- through the codec
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = BytesGPT(BytesGPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32))
+    text = torch.tensor(list(TEXT))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    for _ in range(60):
+        starts = torch.randint(0, len(text) - 33, (16,))
+        w = torch.stack([text[s:s + 33] for s in starts])
+        _, loss = m(w[:, :-1], w[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"a", bytes(5000), b"\xff" * 3000, TEXT],
+                         ids=["empty", "zero", "a", "zeros", "ffs", "text"])
+@pytest.mark.parametrize("segments", [1, 3])
+def test_context_mixing_alone_round_trips(data, segments):
+    blob = compress(data, None, segments=segments)
+    assert decompress(blob) == data
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.lists(st.sampled_from([b"ab", b"abc", b"\x00\x01", b"xyz ", b"\xff"]), max_size=300).map(b"".join),
+       segments=st.integers(min_value=1, max_value=6))
+def test_context_mixing_round_trips_repetitive_inputs(data, segments):
+    assert decompress(compress(data, None, segments=segments)) == data
+
+
+def test_mixing_with_the_model_beats_either_alone(model):
+    data = TEXT[:2000] + b"ALICE!" * 100 + TEXT[2000:]
+    sizes = {}
+    for name, kw in {"model": dict(mixing="none"), "cm": dict(model_off=True), "both": {}}.items():
+        blob, stats = compress_with_stats(data, None if kw.pop("model_off", False) else model, segments=3, **kw)
+        assert decompress(blob, model) == data
+        header, _ = container.unpack(blob)
+        assert not header.stored
+        sizes[name] = len(blob)
+    assert sizes["both"] < min(sizes["model"], sizes["cm"]), sizes
+
+
+def test_stored_segments_still_feed_the_shared_model(model):
+    """A stored segment's bytes are known to the decoder: it gives them to the mixer, so the state agrees."""
+    rng = np.random.default_rng(9)
+    noise = rng.integers(0, 256, 700, dtype=np.uint8).tobytes()
+    data = TEXT[:700] + noise + TEXT[700:1400] + noise
+    blob, stats = compress_with_stats(data, model, segment_bytes=700)
+    header, _ = container.unpack(blob)
+    assert header.mixing == "cm" and header.stored_segments[1] and stats.stored_segments >= 1
+    assert decompress(blob, model) == data
+
+
+def test_a_file_mixed_with_a_model_needs_it():
+    blob = compress(TEXT, None)
+    assert decompress(blob, None) == TEXT
+    header, _ = container.unpack(blob)
+    assert header.numerics == "none" and header.model_fingerprint == bytes(16)
+
+
+def test_a_model_file_decompressed_without_the_model_is_refused(model):
+    from blm_lab.errors import CompressionError
+
+    with pytest.raises(CompressionError, match="pass the checkpoint"):
+        decompress(compress(TEXT, model), None)
+
+
+# ----------------------------------------------------------------------------- determinism
+
+CHILD = """
+import hashlib, sys
+from blm_lab.codec.neural import compress
+data = open(sys.argv[1], 'rb').read()
+print(hashlib.sha256(compress(data, None, segment_bytes=3000)).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_identical_across_processes_and_thread_settings(tmp_path):
+    path = tmp_path / "input.bin"
+    extra = (CANTERBURY / "sum").read_bytes()[:8000] if CANTERBURY.is_dir() else bytes(range(256)) * 30
+    path.write_bytes(TEXT + extra)
+    digests = {hashlib.sha256(compress(path.read_bytes(), None, segment_bytes=3000)).hexdigest()}
+    for threads in ("1", "2", "4"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+                   PYTHONHASHSEED=threads)
+        out = subprocess.run([sys.executable, "-c", CHILD, str(path)], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, digests
+
+
+# ----------------------------------------------------------------------------- integers only
+
+def _float_variables(py_func, signatures):
+    """Variables typed float/complex (scalars or array dtypes) when py_func is compiled for signatures."""
+    from numba import njit
+    from numba.core import types
+
+    fresh = njit(cache=False)(py_func)  # cached compiles carry no type annotations: type it afresh
+    for sig in signatures:
+        fresh.compile(sig)
+    bad, count = [], 0
+    for sig in fresh.signatures:
+        # inline="always" helpers are inlined into the IR, so their variables are typed here too
+        for var, ty in fresh.overloads[sig].type_annotation.typemap.items():
+            count += 1
+            if isinstance(ty, (types.Float, types.Complex)) or isinstance(getattr(ty, "dtype", None),
+                                                                          (types.Float, types.Complex)):
+                bad.append((var, str(ty)))
+    return bad, count
+
+
+def test_the_float_check_catches_floats():
+    def uses_float(a):
+        s = 0
+        for i in range(a.shape[0]):
+            s += a[i] // 2
+        return s * 0.5  # one float
+
+    def mixes_uint64(a):
+        return a[0] + np.uint64(1)  # int64 + uint64 is float64 in numba
+
+    assert _float_variables(uses_float, ["float64(int64[::1])"])[0]
+    assert _float_variables(mixes_uint64, ["float64(int64[::1])"])[0]
+
+
+@pytest.mark.slow
+def test_kernels_are_integer_only():
+    """No numba kernel that shapes p1 has a float-typed variable anywhere (inferred types of every variable)."""
+    lockstep(TEXT[:1500], 750, neural_freqs=fake_neural(np.random.default_rng(5), 750, 2))
+    lockstep(TEXT[:1500], 750)
+    checked = 0
+    for fn in (M._predict, M._update, M._end_byte, M._contexts, M._bucket, M._cum_freqs):
+        assert fn.signatures, fn
+        bad, count = _float_variables(fn.py_func, fn.signatures)
+        assert not bad, (fn.__name__, bad)
+        checked += count
+    assert checked > 100
