@@ -362,3 +362,22 @@ def test_claimed_length_beyond_the_cap_is_refused_before_decoding(trained_model)
     blob = compress(CAT_TEXT, trained_model)
     with pytest.raises(ContainerError, match="more than the limit"):
         decompress(blob, trained_model, max_output_bytes=len(CAT_TEXT) - 1)
+
+
+def test_a_huge_segment_size_allocates_nothing_for_it(trained_model):
+    """segment_bytes far beyond the data (one segment) is valid, from the caller or a crafted header: no
+    allocation follows it, only the data's own size."""
+    blob = compress(CAT_TEXT, trained_model, segment_bytes=2**50)
+    header, streams = container.unpack(blob)
+    assert header.segment_bytes == 2**50 and header.n_segments == 1
+    assert decompress(blob, trained_model) == CAT_TEXT
+
+
+@pytest.mark.parametrize("threads", ["0", "100000", "two", ""])
+def test_a_crafted_thread_count_is_refused_before_decoding(trained_model, threads):
+    """The float path pins the file's thread count; a value no machine could have is a corrupted header,
+    never a torch.set_num_threads error halfway through."""
+    header, streams = container.unpack(compress(CAT_TEXT, trained_model, numerics="float"))
+    header.setting["threads"] = threads
+    with pytest.raises(ContainerError, match="thread count"):
+        decompress(container.pack(header, streams), trained_model)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import CompressionError, ConfigError, StreamError
+from ..errors import CompressionError, ConfigError, ContainerError, StreamError
 from . import container
 from .coder import PRECISION, BatchDecoder, BatchEncoder, ideal_bits, quantize
 from .portable import PortableModel
@@ -245,10 +245,12 @@ def _segment_lengths(n: int, segment_bytes: int) -> np.ndarray:
 
 
 def _segment_matrix(data: bytes, segment_bytes: int, n_segments: int) -> np.ndarray:
-    """(B, segment_bytes) uint8: byte t of segment b at [b, t]; the last segment's tail is 0."""
-    padded = np.zeros(n_segments * segment_bytes, dtype=np.uint8)
+    """(B, steps) uint8: byte t of segment b at [b, t], steps = min(segment_bytes, n); the last segment's
+    tail is 0. (A segment_bytes larger than the data means one segment: nothing is allocated for it.)"""
+    steps = min(segment_bytes, len(data))
+    padded = np.zeros(n_segments * steps, dtype=np.uint8)
     padded[:len(data)] = np.frombuffer(data, dtype=np.uint8)
-    return padded.reshape(n_segments, segment_bytes)
+    return padded.reshape(n_segments, steps)
 
 
 # ----------------------------------------------------------------------------- the lock-step loop
@@ -436,6 +438,9 @@ def check_compatible(header: container.Header, predictor, allow_compute_mismatch
             f"this model {predictor.fingerprint().hex()}); decompress it with the checkpoint that compressed it")
     if header.numerics != "float":
         return
+    threads = header.setting.get("threads", "1")
+    if not (threads.isdigit() and 1 <= int(threads) <= 1024):
+        raise ContainerError(f"the header is corrupted: thread count {threads!r}")
     here = predictor.setting()
     pinned = {"threads"}  # applied by the decoder, not compared
     differ = [f"{k}: file {header.setting.get(k, '')!r}, here {here.get(k, '')!r}"
@@ -468,7 +473,7 @@ def decompress_with_stats(blob: bytes, model=None, *, progress: bool = False, al
     check_compatible(header, predictor, allow_compute_mismatch)
     lengths = _segment_lengths(n, seg)
     stored = np.array(header.stored_segments, dtype=bool)
-    known = np.zeros((len(lengths), seg), dtype=np.uint8)  # the stored segments' bytes, known to both sides
+    known = np.zeros((len(lengths), int(lengths.max())), dtype=np.uint8)  # stored segments' bytes, known to both
     for b in np.flatnonzero(stored):
         known[b, :lengths[b]] = np.frombuffer(parts[b], dtype=np.uint8)
     decoder = BatchDecoder([b"" if s else p for p, s in zip(parts, stored)], header.precision)
