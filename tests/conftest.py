@@ -37,6 +37,26 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
+def train_briefly(text: bytes, config: BytesGPTConfig, steps: int = 60, device: str = "cpu"):
+    """A BytesGPT trained for a moment on ``text`` (AdamW 1e-2, 16 random windows a step, seed 0), in eval
+    mode: enough for text like it to be coded, not stored, with confident predictions."""
+    from blm_lab.gpt import BytesGPT
+
+    torch.manual_seed(0)
+    model = BytesGPT(config).to(device)
+    data = torch.tensor(list(text), device=device)
+    window = config.block_size + 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - window, (16,))
+        windows = torch.stack([data[s:s + window] for s in starts])
+        _, loss = model(windows[:, :-1], windows[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
 @pytest.fixture
 def tiny_config() -> BytesGPTConfig:
     return BytesGPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32)

@@ -20,6 +20,7 @@ from blm_lab.codec.neural import compress, compress_with_stats, decompress, defa
 from blm_lab.errors import CompressionError, ContainerError
 from blm_lab.scoring import window_bits
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
+from conftest import train_briefly
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -37,18 +38,8 @@ def model():
 @pytest.fixture(scope="module")
 def trained_model():
     """A tiny model trained for a moment on English, so that text compresses below 8 bits per byte."""
-    torch.manual_seed(0)
-    m = BytesGPT(BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
-    text = torch.tensor(list(b"the cat sat on the mat. the dog sat on the log. " * 40))
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-    for _ in range(60):
-        starts = torch.randint(0, len(text) - 17, (16,))
-        w = torch.stack([text[s:s + 17] for s in starts])
-        _, loss = m(w[:, :-1], w[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m.eval()
+    return train_briefly(b"the cat sat on the mat. the dog sat on the log. " * 40,
+                         BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
 
 
 CAT_TEXT = b"the cat sat on the mat. the dog sat on the log. " * 8  # what trained_model knows: it codes, not stores

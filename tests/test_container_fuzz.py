@@ -11,12 +11,12 @@ import zlib
 from collections import Counter
 
 import pytest
-import torch
 
 from blm_lab.codec import container
 from blm_lab.codec.neural import compress, decompress
 from blm_lab.errors import BlmError
-from blm_lab.gpt import BytesGPT, BytesGPTConfig
+from blm_lab.gpt import BytesGPTConfig
+from conftest import train_briefly
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +26,7 @@ TEXT = b"the cat sat on the mat. the dog sat on the log. "
 @pytest.fixture(scope="module")
 def model():
     """A tiny model trained for a moment, so that the text is coded (not stored) in two segments."""
-    torch.manual_seed(0)
-    m = BytesGPT(BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
-    text = torch.tensor(list(TEXT * 20))
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-    for _ in range(60):
-        starts = torch.randint(0, len(text) - 17, (16,))
-        w = torch.stack([text[s:s + 17] for s in starts])
-        _, loss = m(w[:, :-1], w[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m.eval()
+    return train_briefly(TEXT * 20, BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
 
 
 def with_crc(head_and_payload: bytes, header_end: int) -> bytes:

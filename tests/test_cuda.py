@@ -8,6 +8,7 @@ from blm_lab.errors import CompressionError
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
 from blm_lab.training.config import TrainConfig
 from blm_lab.training.loop import train
+from conftest import train_briefly
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -23,18 +24,7 @@ def test_amp_training_on_cuda_lowers_loss(tmp_path):
 
 
 def _trained_on(device: str) -> BytesGPT:
-    torch.manual_seed(0)
-    model = BytesGPT(BytesGPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=64)).to(device)
-    text = torch.tensor(list(TEXT), device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        starts = torch.randint(0, len(text) - 33, (16,), device=device)
-        windows = torch.stack([text[s:s + 33] for s in starts])
-        _, loss = model(windows[:, :-1], windows[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return train_briefly(TEXT, BytesGPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=64), device=device)
 
 
 TEXT = b"GPU compression round trip: the portable numerics give the CPU's bytes. " * 40

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +18,8 @@ import blm_lab.codec.mixing as M
 from blm_lab.codec import container
 from blm_lab.codec.coder import BatchDecoder, BatchEncoder
 from blm_lab.codec.neural import compress, compress_with_stats, decompress
-from blm_lab.gpt import BytesGPT, BytesGPTConfig
+from blm_lab.gpt import BytesGPTConfig
+from conftest import train_briefly
 
 SMALL = M.MixerConfig(hash_bits=12, match_bits=12)  # small tables: cheap mixers for the direct tests
 CANTERBURY = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "canterbury"
@@ -135,18 +135,7 @@ def test_neural_input_dominates_at_the_start():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = BytesGPT(BytesGPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32))
-    text = torch.tensor(list(TEXT))
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-    for _ in range(60):
-        starts = torch.randint(0, len(text) - 33, (16,))
-        w = torch.stack([text[s:s + 33] for s in starts])
-        _, loss = m(w[:, :-1], w[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m.eval()
+    return train_briefly(TEXT, BytesGPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32))
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00", b"a", bytes(5000), b"\xff" * 3000, TEXT],

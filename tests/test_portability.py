@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from blm_lab.checkpoint import save_checkpoint
 from blm_lab.codec import container
-from blm_lab.gpt import BytesGPT, BytesGPTConfig
+from blm_lab.gpt import BytesGPTConfig
+from conftest import train_briefly
 
 pytestmark = pytest.mark.slow
 
@@ -72,17 +72,8 @@ def run(op: str, setting: str, model: Path, src: Path, dst: Path, numerics: str 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("portability")
-    torch.manual_seed(0)
-    model = BytesGPT(BytesGPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32))
-    text = torch.tensor(list(TEXT))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(80):  # trained for a moment: the text is coded (not stored), with confident predictions
-        starts = torch.randint(0, len(text) - 17, (16,))
-        windows = torch.stack([text[s:s + 17] for s in starts])
-        _, loss = model(windows[:, :-1], windows[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    # trained for a moment: the text is coded (not stored), with confident predictions
+    model = train_briefly(TEXT, BytesGPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32), steps=80)
     ckpt = save_checkpoint(root / "model.pt", {"config": model.config.to_dict(), "model_state": model.state_dict()})
     (root / "input.txt").write_bytes(TEXT)
     return root, ckpt
