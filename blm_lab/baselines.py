@@ -5,10 +5,11 @@ Every compressor here (and ``blm_lab.codec.NeuralCompressor``) has the same shap
 loop over a registry, and every number in it was decoded and checked against the original.
 
 Sizes count everything the decoder needs except what is shared ahead of time: the container headers
-of gzip, xz, zstd and so on, the 8-byte length that PPMd needs to stop, but not a zstd dictionary nor
-a model's parameters. Those are shared like a codebook; ``compare`` reports the model's cost separately
-as ``adjusted_bits_per_byte``, counting 2 bytes per parameter as in DeepMind's "Language Modeling Is
-Compression" (Delétang et al., 2024).
+of gzip, xz, zstd and so on, the 8-byte length that PPMd needs to stop, but not a zstd dictionary, a
+training split or a model's parameters. Those are shared like a codebook: each row's ``knows`` says
+what it was given, ``shared_bytes`` how big that is (a model at 2 bytes per parameter, as in DeepMind's
+"Language Modeling Is Compression", Delétang et al. 2024; a dictionary or training split at its size),
+and ``adjusted_bits_per_byte`` charges it to the file.
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ import zstandard
 
 from .errors import BlmError
 
-BYTES_PER_PARAM = 2  # a parameter shipped with the data costs 2 bytes (bf16), as in Delétang et al.
 
 COLUMNS = [
-    "file", "compressor", "knows", "original_bytes", "compressed_bytes", "bits_per_byte", "ratio",
-    "compress_s", "decompress_s", "compress_MBps", "verified",
+    "file", "compressor", "knows", "original_bytes", "compressed_bytes", "bits_per_byte", "shared_bytes",
+    "adjusted_bits_per_byte", "ratio", "compress_s", "decompress_s", "compress_MBps", "verified",
 ]
 KNOWS_NOTHING = "nothing: the file alone"
-# Only present when some compressor reports a model (``last_stats.ideal_bits`` or ``num_params``).
-MODEL_COLUMNS = ["ideal_bits_per_byte", "adjusted_bits_per_byte", "adjusted_ratio"]
+# Only present when some compressor reports its ideal code length (``last_stats.ideal_bits``).
+MODEL_COLUMNS = ["ideal_bits_per_byte"]
 
 
 @runtime_checkable
@@ -137,6 +137,10 @@ class ZstdDictCompressor:
         """Bytes of the shared dictionary (not counted in the compressed sizes)."""
         return len(self.dictionary.as_bytes())
 
+    @property
+    def shared_bytes(self) -> int:
+        return self.dict_size
+
     @classmethod
     def from_training(cls, train_bytes: bytes, level: int = 19, dict_size: int = 112_640,
                       sample_size: int = 4096, threads: int = 1) -> "ZstdDictCompressor":
@@ -184,6 +188,10 @@ class PrimedPpmdCompressor:
     name: str = "ppmd+train"
     knows: str = "the training split (read before the file)"
 
+    @property
+    def shared_bytes(self) -> int:
+        return len(self.train)
+
     def _primed_encoder(self):
         encoder = pyppmd.Ppmd7Encoder(self.max_order, self.mem_size)
         return encoder, encoder.encode(self.train)
@@ -212,6 +220,10 @@ class ZstdPrefixCompressor:
     name: str = "zstd-19+train"
     knows: str = "the training split (as a prefix for matches)"
 
+    @property
+    def shared_bytes(self) -> int:
+        return len(self.train)
+
     def _dictionary(self):
         return zstandard.ZstdCompressionDict(self.train, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
@@ -224,11 +236,11 @@ class ZstdPrefixCompressor:
         return zstandard.ZstdDecompressor(dict_data=self._dictionary(), max_window_size=1 << 27).decompress(blob)
 
 
-def _model_stats(compressor) -> tuple[float | None, int | None]:
-    """(ideal_bits, num_params) a neural compressor reports after ``compress``; None where absent."""
+def _model_stats(compressor) -> tuple[float | None, int]:
+    """(ideal_bits or None, shared_bytes) a compressor reports after ``compress``."""
     stats = getattr(compressor, "last_stats", None)
     ideal_bits = getattr(stats, "ideal_bits", None) if stats is not None else getattr(compressor, "ideal_bits", None)
-    return ideal_bits, getattr(compressor, "num_params", None)
+    return ideal_bits, int(getattr(compressor, "shared_bytes", 0))
 
 
 def _first_difference(a: bytes, b: bytes) -> int:
@@ -247,8 +259,8 @@ def compare(files: Mapping[str, bytes], compressors: Mapping[str, Compressor] | 
     a mapping label -> compressor (e.g. ``CLASSIC_COMPRESSORS``) or a list of them (labelled by ``.name``).
     Every round trip is checked: ``verified`` is False where the decoded bytes differ or decoding fails,
     and with ``verify=True`` (the default) that raises ``RuntimeError`` naming the file and compressor.
-    Where a compressor reports a model (``last_stats.ideal_bits``, ``num_params``), the
-    ``MODEL_COLUMNS`` are added; they are NaN for the other rows.
+    Where a compressor reports its ideal code length (``last_stats.ideal_bits``), the ``MODEL_COLUMNS``
+    are added; they are NaN for the other rows.
     """
     from tqdm.auto import tqdm
 
@@ -279,7 +291,7 @@ def _measure(file: str, data: bytes, name: str, compressor: Compressor, verify: 
     except Exception as exc:
         raise RuntimeError(f"compressor {name!r} failed to compress file {file!r} ({n} bytes): {exc!r}") from exc
     compress_s = time.perf_counter() - t0
-    ideal_bits, num_params = _model_stats(compressor)  # read before decompress, which may reset them
+    ideal_bits, shared = _model_stats(compressor)  # read before decompress, which may reset them
 
     t0 = time.perf_counter()
     try:
@@ -295,7 +307,6 @@ def _measure(file: str, data: bytes, name: str, compressor: Compressor, verify: 
                            f"the compressor is broken: fix it or leave it out of the comparison")
 
     m = len(blob)
-    side_bytes = BYTES_PER_PARAM * num_params if num_params is not None else math.nan
     return {
         "file": file,
         "compressor": name,
@@ -303,20 +314,20 @@ def _measure(file: str, data: bytes, name: str, compressor: Compressor, verify: 
         "original_bytes": n,
         "compressed_bytes": m,
         "bits_per_byte": _per_byte(8 * m, n),
+        "shared_bytes": shared,
+        "adjusted_bits_per_byte": _per_byte(8 * (m + shared), n),
         "ratio": n / m if m else math.nan,
         "compress_s": compress_s,
         "decompress_s": decompress_s,
         "compress_MBps": n / 1e6 / compress_s if compress_s > 0 else math.nan,
         "verified": problem is None,
         "ideal_bits_per_byte": _per_byte(ideal_bits, n) if ideal_bits is not None else math.nan,
-        "adjusted_bits_per_byte": _per_byte(8 * (m + side_bytes), n),
-        "adjusted_ratio": n / (m + side_bytes) if m + side_bytes else math.nan,
     }
 
 
 FLOAT_FORMATS = {
     "bits_per_byte": ".3f", "ideal_bits_per_byte": ".3f", "adjusted_bits_per_byte": ".3f",
-    "ratio": ".3f", "adjusted_ratio": ".3f",
+    "ratio": ".3f",
     "compress_s": ".4f", "decompress_s": ".4f", "compress_MBps": ".2f",
 }
 
@@ -354,8 +365,8 @@ def neural_report(table: pd.DataFrame) -> pd.DataFrame:
     if "ideal_bits_per_byte" not in table:  # no compressor in the table reported a model
         return pd.DataFrame()
     rows = table[table["ideal_bits_per_byte"].notna()]
-    report = rows[["file", "compressor", "original_bytes", "bits_per_byte", "ideal_bits_per_byte",
-                   "adjusted_bits_per_byte", "ratio", "adjusted_ratio", "compress_s", "decompress_s", "verified"]].copy()
+    report = rows[["file", "compressor", "original_bytes", "bits_per_byte", "ideal_bits_per_byte", "shared_bytes",
+                   "adjusted_bits_per_byte", "ratio", "compress_s", "decompress_s", "verified"]].copy()
     report["overhead_percent"] = 100 * (report["bits_per_byte"] / report["ideal_bits_per_byte"] - 1)
     report["compress_KBps"] = report["original_bytes"] / 1024 / report["compress_s"]
     report["decompress_KBps"] = report["original_bytes"] / 1024 / report["decompress_s"]

@@ -143,10 +143,10 @@ def test_compare_flags_a_broken_compressor(broken):
 
 
 class FakeNeural:
-    """Duck-types blm_lab.compress.NeuralCompressor: last_stats.ideal_bits and num_params."""
+    """Duck-types blm_lab.codec.neural.NeuralCompressor: last_stats.ideal_bits and shared_bytes."""
 
     name = "fake-neural"
-    num_params = 1000
+    shared_bytes = 2000  # a 1000-parameter model at 2 bytes each
 
     class Stats:
         def __init__(self, ideal_bits, compressed_bytes):
@@ -168,10 +168,11 @@ def test_compare_adds_model_columns_for_a_neural_compressor():
     assert list(df.columns) == COLUMNS + MODEL_COLUMNS
     classic, neural = df.iloc[0], df.iloc[1]
     assert all(math.isnan(classic[c]) for c in MODEL_COLUMNS)
+    assert classic.shared_bytes == 0 and classic.adjusted_bits_per_byte == classic.bits_per_byte
     m, n = neural.compressed_bytes, len(data)
     assert neural.ideal_bits_per_byte == pytest.approx(6.0 * m / n)
-    assert neural.adjusted_bits_per_byte == pytest.approx((m + 2 * 1000) * 8 / n)
-    assert neural.adjusted_ratio == pytest.approx(n / (m + 2 * 1000))
+    assert neural.shared_bytes == 2000
+    assert neural.adjusted_bits_per_byte == pytest.approx((m + 2000) * 8 / n)
 
 
 def test_zstd_dictionary_beats_plain_zstd_on_similar_small_text(dict_compressor):

@@ -44,6 +44,7 @@ from . import container
 from .coder import PRECISION, BatchDecoder, BatchEncoder, ideal_bits, quantize
 from .portable import PortableModel
 
+BYTES_PER_PARAM = 2  # a model shipped with the data costs 2 bytes a parameter (bf16), as in Delétang et al.
 MAX_STREAMS = 256  # default segmentation: at most this many lock-step streams ...
 MIN_SEGMENT_BYTES = 4096  # ... each at least this long (shorter segments lose too much context)
 NUMERICS = container.NUMERICS
@@ -505,8 +506,8 @@ def decompress(blob: bytes, model=None, *, progress: bool = False, allow_compute
 class NeuralCompressor:
     """blm as a registry compressor: ``compress(data) -> bytes`` and ``decompress(blob) -> bytes``.
 
-    ``model`` None is the context mixer alone (``mixing`` must then be "cm"). ``num_params`` is what the
-    comparison charges for the model (None without one).
+    ``model`` None is the context mixer alone (``mixing`` must then be "cm"). ``shared_bytes`` is what the
+    comparison charges for the model: 2 bytes per parameter (0 without one).
     """
 
     def __init__(self, model=None, name: str = "blm", numerics: str = "portable", mixing: str = "cm",
@@ -515,7 +516,8 @@ class NeuralCompressor:
         self.segments, self.segment_bytes = segments, segment_bytes
         self.progress = progress
         self.last_stats: CompressionStats | None = None
-        self.num_params = model.num_params() if model is not None else None
+        self.num_params = model.num_params() if model is not None else 0
+        self.shared_bytes = BYTES_PER_PARAM * self.num_params  # the model, shipped ahead of time
         if model is None:
             self.knows = "nothing: the file alone (context mixing, no model)"
         else:

@@ -89,9 +89,12 @@ class TrainRecord:
         return pd.DataFrame({"value": [getattr(self, k) for k in keys]}, index=keys)
 
 
+HEADLINE_COMPRESSOR = "blm"  # 04's row that summary.json reports: the model mixed with the file's statistics
+
+
 @dataclass
 class NeuralRecord:
-    """The model's compression figures from 04's table, weighted by input size."""
+    """The headline compressor's figures from 04's table (``HEADLINE_COMPRESSOR``), weighted by input size."""
 
     ideal_bits_per_byte: float
     adjusted_bits_per_byte: float  # the model's parameters charged at 2 bytes each
@@ -277,6 +280,7 @@ class RunDir:
             summary.compression_input_bytes = int(table.groupby("compressor")["original_bytes"].sum().iloc[0])
             summary.all_round_trips_verified = bool(table["verified"].all())
             neural = neural_report(table)
+            neural = neural[neural["compressor"] == HEADLINE_COMPRESSOR] if len(neural) else neural
             if len(neural):
                 weights = neural["original_bytes"] / neural["original_bytes"].sum()
                 summary.neural = NeuralRecord(
