@@ -120,16 +120,20 @@ def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, BytesGPTCo
     return from_namespace(TrainConfig, args, dataset=args.dataset or ""), from_namespace(BytesGPTConfig, args)
 
 
+# The architecture and optimisation both recipes share: what the CPU ablation (benchmarks/sweeps/) kept.
+RECIPE_MODEL = dict(mlp="relu2", norm="rmsnorm", qk_norm=True, tie_embeddings=False, value_residual=True)
+RECIPE_TRAIN = dict(optimizer="muon", muon_lr=0.02, schedule="wsd", decay_fraction=0.3, weight_decay=0.1, beta2=0.99)
+
 RECIPES: dict[str, tuple[TrainConfig, BytesGPTConfig]] = {
     "cpu": (
-        TrainConfig(batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.1, beta2=0.99,
-                    epochs=100.0, time_budget=600.0, eval_interval=300, device="cpu"),
-        BytesGPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        TrainConfig(batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=100, epochs=100.0, time_budget=600.0,
+                    eval_interval=300, device="cpu", **RECIPE_TRAIN),
+        BytesGPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0, **RECIPE_MODEL),
     ),
     "gpu": (
-        TrainConfig(batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=200, weight_decay=0.1, beta2=0.99,
-                    epochs=1000.0, time_budget=300.0, eval_interval=250, amp=True, device="cuda"),
-        BytesGPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+        TrainConfig(batch_size=256, lr=2e-3, min_lr=2e-4, warmup_steps=200, epochs=1000.0, time_budget=300.0,
+                    eval_interval=250, amp=True, compile=True, device="cuda", **RECIPE_TRAIN),
+        BytesGPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2, **RECIPE_MODEL),
     ),
 }
 
