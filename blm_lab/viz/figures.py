@@ -211,28 +211,54 @@ def plot_sweep(table: pd.DataFrame, curves: pd.DataFrame):
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained", sharey=True)
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(table["point"])}
-    ax = axes[0]
-    for _, row in table.iterrows():
-        ax.scatter(row["num_params"], row["val_bits_per_byte"], color=colours[row["point"]])
-        ax.annotate(str(row["point"]), (row["num_params"], row["val_bits_per_byte"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("validation bits per byte (held out)")
-    ax.set_title("at the end of each run", fontsize=10)
     for ax, x, label in ((axes[1], "train_flops", "training FLOPs"), (axes[2], "minutes", "wall-clock minutes")):
         for name, run in curves.groupby("point", sort=False):
             ax.plot(run[x], run["val_bits_per_byte"], "o-", ms=3, color=colours.get(name), label=str(name))
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_title(f"validation curve against {label}", fontsize=10)
+
+    ax = axes[0]
+    params, bpb = table["num_params"].to_numpy(float), table["val_bits_per_byte"].to_numpy(float)
+    ax.scatter(params, bpb, c=[colours[p] for p in table["point"]])
+    ax.set_xscale("log")
+    ax.set_xlim(params.min() / 1.3, params.max() * 2.2)  # room on the right for the labels
+    bottom, top = axes[1].get_ylim()  # shared with the curves, which set the range
+    gap = 0.045 * (top - bottom)
+    label_y = _spread(bpb, gap, bottom + gap / 2)  # points at nearly one size: labels stacked, not piled
+    for name, x, y, ly in zip(table["point"], params, bpb, label_y):
+        ax.annotate(str(name), (x, y), xytext=(x * 1.12, ly), fontsize=7, va="center",
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="0.6") if abs(ly - y) > 1e-9 else None)
+    if params.max() < 10 * params.min():  # within one decade the log axis has no labels: label the sizes
+        ticks = []
+        for size in np.unique(params):
+            if not ticks or size >= 1.3 * ticks[-1]:  # labels that would overlap are left out
+                ticks.append(size)
+        ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:.3g}M" if v >= 1e6 else f"{v / 1e3:.3g}k"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation bits per byte (held out)")
+    ax.set_title("at the end of each run", fontsize=10)
     axes[2].legend(fontsize=7, loc="upper right")
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"sweep of {len(table)} runs")
     return finish(fig)
+
+
+def _spread(values: np.ndarray, gap: float, lowest: float) -> np.ndarray:
+    """Label positions near ``values``, at least ``gap`` apart and none below ``lowest``, in the values' order."""
+    order = np.argsort(values, kind="stable")
+    placed = values[order].astype(float)
+    if len(placed):
+        placed -= min((placed[-1] - placed[0] + gap * (len(placed) - 1)) / 4, placed[0] - lowest)  # room below
+        placed[0] = max(placed[0], lowest)
+    for i in range(1, len(placed)):
+        placed[i] = max(placed[i], placed[i - 1] + gap)
+    out = np.empty_like(placed)
+    out[order] = placed
+    return out
 
 
 class LiveLossPlot:

@@ -255,6 +255,8 @@ def sweep(points: list[dict], params: Mapping | None = None, root: str | os.Path
     _execute(data_dir, {k: v for k, v in params.items() if k in declared[NOTEBOOKS[0]]}, list(NOTEBOOKS[:1]),
              declared, notebook_dir, kernel_name, progress)
 
+    # every row names every varied setting: the point's own value, else the sweep's common one
+    varied = list(dict.fromkeys(k for point in points for k in point if k != "name"))
     rows, curves = [], []
     for i, (point, name) in enumerate(zip(points, names), 1):
         run_dir = root / name
@@ -266,7 +268,7 @@ def sweep(points: list[dict], params: Mapping | None = None, root: str | os.Path
         settings = {k: v for k, v in point.items() if k != "name"}
         summary = _execute(run_dir, {**{k: v for k, v in params.items() if k in swept}, **settings}, notebooks,
                            declared, notebook_dir, kernel_name, progress)
-        rows.append(_sweep_row(name, settings, summary))
+        rows.append(_sweep_row(name, {k: point.get(k, params.get(k)) for k in varied}, summary, compress))
         curves.extend(_sweep_curve(name, summary))
     table, curves = pd.DataFrame(rows), pd.DataFrame(curves)
     table.to_csv(root / f"{SWEEP_TABLE}.csv", index=False)
@@ -275,9 +277,9 @@ def sweep(points: list[dict], params: Mapping | None = None, root: str | os.Path
     return table, curves
 
 
-def _sweep_row(name: str, settings: Mapping, summary: Summary) -> dict:
+def _sweep_row(name: str, settings: Mapping, summary: Summary, compressed: bool) -> dict:
     training, neural = summary.training, summary.neural
-    return {
+    row = {
         "point": name,
         **settings,
         "num_params": training.num_params,
@@ -288,10 +290,11 @@ def _sweep_row(name: str, settings: Mapping, summary: Summary) -> dict:
         "train_flops": training.tokens * training.flops_per_token,
         "val_bits_per_byte": training.final_val_bpb,
         "best_val_bits_per_byte": training.best_val_bpb,
-        "blm_bits_per_byte": summary.compressed_bits_per_byte.get("blm", math.nan),
-        "blm_adjusted_bits_per_byte": neural.adjusted_bits_per_byte if neural else math.nan,
-        "run_dir": summary.run_dir,
     }
+    if compressed:  # 04 ran: the point's model as a compressor of the held-out split
+        row["blm_bits_per_byte"] = summary.compressed_bits_per_byte.get("blm", math.nan)
+        row["blm_adjusted_bits_per_byte"] = neural.adjusted_bits_per_byte if neural else math.nan
+    return {**row, "run_dir": summary.run_dir}
 
 
 def _sweep_curve(name: str, summary: Summary) -> list[dict]:
