@@ -37,6 +37,18 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
+# Every architecture option of BytesGPTConfig alone, and all of them together: the cases the model's tests
+# (test_model_options) and the portable numerics' tests (test_portable) both run.
+ARCHITECTURE_OPTIONS = {
+    "relu2": dict(mlp="relu2"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "qk_norm": dict(qk_norm=True),
+    "untied": dict(tie_embeddings=False),
+    "value_residual": dict(value_residual=True),
+    "all": dict(mlp="relu2", norm="rmsnorm", qk_norm=True, tie_embeddings=False, value_residual=True),
+}
+
+
 def train_briefly(text: bytes, config: BytesGPTConfig, steps: int = 60, device: str = "cpu"):
     """A BytesGPT trained for a moment on ``text`` (AdamW 1e-2, 16 random windows a step, seed 0), in eval
     mode: enough for text like it to be coded, not stored, with confident predictions."""

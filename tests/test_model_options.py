@@ -14,15 +14,9 @@ from blm_lab.gpt import BytesGPT, BytesGPTConfig
 from blm_lab.training.config import TrainConfig
 from blm_lab.training.loop import train
 from blm_lab.training.optim import Muon, lr_scale, make_optimizers, orthogonalize
+from conftest import ARCHITECTURE_OPTIONS
 
-OPTIONS = {
-    "relu2": dict(mlp="relu2"),
-    "rmsnorm": dict(norm="rmsnorm"),
-    "qk_norm": dict(qk_norm=True),
-    "untied": dict(tie_embeddings=False),
-    "value_residual": dict(value_residual=True),
-    "all": dict(mlp="relu2", norm="rmsnorm", qk_norm=True, tie_embeddings=False, value_residual=True),
-}
+OPTIONS = ARCHITECTURE_OPTIONS  # each option alone, and all together
 
 
 def perturbed_model(options: dict, seed: int = 0) -> BytesGPT:

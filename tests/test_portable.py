@@ -28,18 +28,15 @@ import blm_lab.codec.portable as P
 from blm_lab.codec.coder import BatchDecoder, BatchEncoder, quantize
 from blm_lab.errors import CheckpointError, ConfigError
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
+from conftest import ARCHITECTURE_OPTIONS
+
 TEXT = (b"First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         b"First Citizen:\nYou are all resolved rather to die than to famish?\n") * 8
-# every architecture option of BytesGPTConfig alone, and all together (with RMSNorm; and with LayerNorm
-# biases, which RMSNorm does not have)
+# every architecture option of BytesGPTConfig alone and all together, and with LayerNorm biases (which
+# RMSNorm does not have)
 ARCH = {
-    "relu2": dict(mlp="relu2"),
-    "rmsnorm": dict(norm="rmsnorm"),
-    "qk_norm": dict(qk_norm=True),
-    "untied": dict(tie_embeddings=False),
-    "value_residual": dict(value_residual=True),
+    **ARCHITECTURE_OPTIONS,
     "bias": dict(bias=True),
-    "all": dict(mlp="relu2", norm="rmsnorm", qk_norm=True, tie_embeddings=False, value_residual=True),
     "all_bias": dict(mlp="relu2", qk_norm=True, tie_embeddings=False, value_residual=True, bias=True),
     "all_rms_bias": dict(mlp="relu2", norm="rmsnorm", qk_norm=True, tie_embeddings=False, value_residual=True,
                          bias=True),

@@ -9,7 +9,11 @@ import pytest
 from blm_lab import cli
 from blm_lab.data import load_corpus
 from blm_lab.errors import BlmError, NotebookError
-from blm_lab.training.config import WORKBENCH_CPU_EVAL_INTERVAL, WORKBENCH_CPU_TIME_BUDGET_S, workbench_configs
+import dataclasses
+
+from blm_lab.training.config import (RECIPE_MODEL, RECIPE_TRAIN, WORKBENCH_CPU_EVAL_INTERVAL,
+                                   WORKBENCH_CPU_TIME_BUDGET_S, recipe, workbench_configs)
+from blm_lab.training.loop import train
 from blm_lab.viz.figures import LiveLossPlot
 from blm_lab.workbench import runner
 from blm_lab.workbench.rundir import RunDir
@@ -147,6 +151,22 @@ def test_workbench_configs_use_the_cpu_recipe_with_a_time_budget(tmp_path):
     assert not train_cfg.amp  # mixed precision is for CUDA only
     with pytest.raises(BlmError, match="unknown training setting n_layers"):
         workbench_configs("cpu", tmp_path, dict(n_layers=2))
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_each_recipe_carries_the_ablation_winners_and_trains(name, corpus_dir, tmp_path):
+    """Both recipes use what the CPU ablation kept, and each one's model and optimizers really train (here
+    on the CPU, a few steps, float32: the GPU recipe's bf16 and torch.compile are for CUDA)."""
+    train_cfg, model_cfg = recipe(name)
+    assert {k: getattr(model_cfg, k) for k in RECIPE_MODEL} == RECIPE_MODEL
+    assert {k: getattr(train_cfg, k) for k in RECIPE_TRAIN} == RECIPE_TRAIN
+    train_cfg = dataclasses.replace(train_cfg, dataset=str(corpus_dir), output_dir=str(tmp_path / name), device="cpu",
+                                    amp=False, compile=False, batch_size=2, max_steps=6, warmup_steps=1,
+                                    time_budget=0.0, eval_interval=3, eval_batches=1, progress=False)
+    model_cfg = dataclasses.replace(model_cfg, block_size=64)
+    result = train(train_cfg, model_cfg)
+    assert result.steps == 6 and result.best_val_bpb < 8.0
+    assert (tmp_path / name / "best.pt").is_file()
 
 
 def test_live_loss_plot_redraws_and_saves(tmp_path):
