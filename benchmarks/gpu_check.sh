@@ -15,4 +15,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$PY" -m pytest -q -m cuda tests/test_cuda.py
 "$PY" benchmarks/bench_train.py --recipe gpu --time-budget "${TIME_BUDGET:-300}" --output-dir outputs/gpu_bench --force --no-progress
 "$PY" benchmarks/portable_check.py --model outputs/gpu_bench/best.pt
-"$PY" benchmarks/bench_compress.py --model outputs/gpu_bench/best.pt --device cuda --skip segmentation,flat
+"$PY" benchmarks/bench_compress.py --model outputs/gpu_bench/best.pt --device cuda --skip segments
