@@ -257,7 +257,7 @@ def test_kernels_are_integer_only():
     lockstep(TEXT[:1500], 750, neural_freqs=fake_neural(np.random.default_rng(5), 750, 2))
     lockstep(TEXT[:1500], 750)
     checked = 0
-    for fn in (M._predict, M._update, M._end_byte, M._contexts, M._bucket, M._cum_freqs):
+    for fn in (M._predict, M._update, M._layout, M._end_byte, M._contexts, M._bucket, M._cum_freqs):
         assert fn.signatures, fn
         bad, count = _float_variables(fn.py_func, fn.signatures)
         assert not bad, (fn.__name__, bad)

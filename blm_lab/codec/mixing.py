@@ -488,16 +488,22 @@ def _contexts(b, S, CK, CTX, BKT, STATES, P, HBASE):
         BKT[b, h] = _bucket(STATES, HBASE[h], x, P[P_NBMASK])
 
 
+DIRECT_MODELS = 2  # bit-history models on direct tables (orders 1 and 2), before the nh hashed contexts
+
+
+@njit(cache=True)
+def _layout(S, CK, M, SEL, X):
+    """The mixer's sizes, read from its arrays: (B streams, nh hashed contexts, nm = DIRECT_MODELS + nh
+    bit-history models, nmm match models (M is any (B, nmm) match array), K weight sets, N inputs)."""
+    nh = CK.shape[0]
+    return S.shape[0], nh, DIRECT_MODELS + nh, M.shape[1], SEL.shape[1], X.shape[1]
+
+
 @njit(cache=True)
 def _predict(k, active, P, S, CK, BKT, SLOT, ST, X, SEL, SELK, SELOFF, D1, AIDX, STATES, APROB, W1, W2, APM, APMBASE,
              MBY, MLN, MCX, cum, p1out, SQUASH, STRETCH, LOG2):
     """P(bit k = 1) for every active stream, from the state before this bit's updates."""
-    B = S.shape[0]
-    nh = CK.shape[0]
-    nm = 2 + nh
-    nmm = MBY.shape[1]
-    K = SEL.shape[1]
-    N = X.shape[1]
+    B, nh, nm, nmm, K, N = _layout(S, CK, MBY, SEL, X)
     neural = P[P_NEURAL]
     smoff = P[P_SMOFF]
     lin = P[P_LINSH] > 0
@@ -611,12 +617,7 @@ def _predict(k, active, P, S, CK, BKT, SLOT, ST, X, SEL, SELK, SELOFF, D1, AIDX,
 def _update(k, bits, active, P, S, CK, CTX, BKT, SLOT, ST, X, SEL, D1, AIDX, STATES, APROB, ACNT, W1, W1N, W2, APM,
             MCX, NEX, SQUASH, DT, LRT, HBASE):
     """Learn from the coded bit k of every active stream, in stream order 0..B-1."""
-    B = S.shape[0]
-    nh = CK.shape[0]
-    nm = 2 + nh
-    nmm = MCX.shape[1]
-    N = X.shape[1]
-    K = SEL.shape[1]
+    B, nh, nm, nmm, K, N = _layout(S, CK, MCX, SEL, X)
     smoff = P[P_SMOFF]
     lr1 = P[P_LR1]
     lr2 = P[P_LR2]
@@ -799,7 +800,7 @@ class ContextMixer:
         self.config, self.neural, self.B = cfg, bool(neural), int(num_streams)
         B = self.B
         nh = len(cfg.contexts)
-        nm = 2 + nh
+        nm = DIRECT_MODELS + nh
         nmm = 2 if cfg.match_local else 1
         self.nm, self.nmm = nm, nmm
         self.N = 2 + nm + nmm + (nm if cfg.lin_shift else 0) + (2 if self.neural else 0)
