@@ -46,6 +46,8 @@ SETTINGS = [  # (threads, extra environment)
     (1, {"ATEN_CPU_CAPABILITY": "default"}), (3, {"ATEN_CPU_CAPABILITY": "default"}),
     (1, {"ONEDNN_MAX_CPU_ISA": "SSE41"}), (2, {"ONEDNN_MAX_CPU_ISA": "SSE41"}),
     (2, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}),
+    # the CPU kernels compiled for a generic x86-64 / the host (numba's own cache is keyed by CPU)
+    (1, {"NUMBA_CPU_NAME": "generic"}), (3, {"NUMBA_CPU_NAME": "generic", "ATEN_CPU_CAPABILITY": "default"}),
 ]
 
 
@@ -78,11 +80,11 @@ def streams_from(data: bytes, B: int, n: int) -> np.ndarray:
     return np.stack([arr[(7 * b) % (len(arr) - n):][:n] for b in range(B)])
 
 
-def run_steps(pm: P.PortableModel, sym: np.ndarray) -> np.ndarray:
-    """Freqs (n, B, 256) after feeding sym[:, t] for t < n."""
+def run_steps(pm: P.PortableModel, sym: np.ndarray, reference: bool = False) -> np.ndarray:
+    """Freqs (n, B, 256) after feeding sym[:, t] for t < n (``reference``: the torch ops, not the CPU kernels)."""
     B, n = sym.shape
     cache = pm.new_cache(B)
-    return np.stack([pm.step(torch.from_numpy(sym[:, t]), cache) for t in range(n)])
+    return np.stack([pm.step(torch.from_numpy(sym[:, t]), cache, reference) for t in range(n)])
 
 
 def sha(a: np.ndarray) -> str:
@@ -139,7 +141,9 @@ args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 import blm_lab.codec.portable as P
 from blm_lab.codec.coder import BatchDecoder
-out = {"threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability()}
+import numba
+out = {"threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability(),
+       "numba_cpu": numba.config.CPU_NAME}
 if args["mode"] == "steps":
     from blm_lab.checkpoint import load_checkpoint
     out["jobs"] = []
@@ -148,16 +152,19 @@ if args["mode"] == "steps":
         pm = P.PortableModel.from_float(model, **job.get("options", {}))
         res = {"fingerprint": pm.fingerprint().hex()}
         sym = np.array(job["sym"], dtype=np.int64)
-        cache = pm.new_cache(sym.shape[0])
-        h = hashlib.sha256()
-        hf = hashlib.sha256()
+        cache, ref_cache = pm.new_cache(sym.shape[0]), pm.new_cache(sym.shape[0])
+        h, hr, hf = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
         with torch.inference_mode():
             fc = model.new_cache(sym.shape[0])
             for t in range(sym.shape[1]):
                 h.update(pm.step(torch.from_numpy(sym[:, t]), cache).tobytes())
+                if job.get("reference", False):  # the torch ops (the CUDA path) too
+                    hr.update(pm.step(torch.from_numpy(sym[:, t]), ref_cache, reference=True).tobytes())
                 if job.get("float", True):
                     hf.update(model.step(torch.from_numpy(sym[:, t]), fc).numpy().tobytes())
         res["freqs_sha"] = h.hexdigest()
+        if job.get("reference", False):
+            res["reference_sha"] = hr.hexdigest()
         res["float_logits_sha"] = hf.hexdigest()  # the float path, for contrast (not required to match)
         out["jobs"].append(res)
     out.update(out["jobs"][0])
@@ -181,7 +188,8 @@ print("RESULT" + json.dumps(out))
 
 
 def run_worker(args: dict, threads: int, env_extra: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                            "NUMBA_CPU_NAME")}
     # idle OpenMP threads sleep instead of spinning: with as many threads as cores, spinning workers on a
     # shared machine run 5-10x slower; how threads wait does not change what they compute
     env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -195,6 +203,7 @@ def run_worker(args: dict, threads: int, env_extra: dict) -> dict:
     assert res["threads"] == threads
     if env_extra.get("ATEN_CPU_CAPABILITY") == "default":
         assert res["capability"] == "DEFAULT"  # the setting really took effect
+    assert res["numba_cpu"] == env_extra.get("NUMBA_CPU_NAME")
     return res
 
 
@@ -205,17 +214,19 @@ def save_ckpt(model: BytesGPT, path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------ (a) cross-process determinism
 
-def _cross_process(model, tmp_path, B, n, settings_list, options=None):
-    return _cross_process_many([(model, options)], tmp_path, B, n, [(t, e, [0]) for t, e in settings_list])[0]
+def _cross_process(model, tmp_path, B, n, settings_list, options=None, reference=False):
+    return _cross_process_many([(model, options)], tmp_path, B, n, [(t, e, [0]) for t, e in settings_list],
+                               reference=reference)[0]
 
 
-def _cross_process_many(cases, tmp_path, B, n, plan, float_path=True):
+def _cross_process_many(cases, tmp_path, B, n, plan, float_path=True, reference=False):
     """cases: [(model, options)]; plan: [(threads, environment, indices of the cases to run)]. One worker per
     plan entry runs its cases; each case's fingerprint and sha256 of all freqs must equal this process's
-    (1 thread, native ISA). Returns per case [(threads, environment, worker result)]."""
+    (1 thread, native ISA; the CPU kernels), and with ``reference`` so must the worker's torch-op path.
+    Returns per case [(threads, environment, worker result)]."""
     sym = streams_from(TEXT, B, n)
     jobs = [{"ckpt": str(save_ckpt(model, tmp_path / f"model{i}.pt")), "sym": sym.tolist(), "options": options or {},
-             "float": float_path} for i, (model, options) in enumerate(cases)]
+             "float": float_path, "reference": reference} for i, (model, options) in enumerate(cases)]
     results = [(t, e, which, run_worker({"mode": "steps", "jobs": [jobs[i] for i in which]}, t, e))
                for t, e, which in plan]
     out = []
@@ -231,6 +242,8 @@ def _cross_process_many(cases, tmp_path, B, n, plan, float_path=True):
         for t, e, r in mine:
             assert r["fingerprint"] == pm.fingerprint().hex(), (i, t, e)
             assert r["freqs_sha"] == h.hexdigest(), (i, t, e)
+            if reference:
+                assert r["reference_sha"] == h.hexdigest(), (i, t, e)
         out.append(mine)
     return out
 
@@ -238,7 +251,8 @@ def _cross_process_many(cases, tmp_path, B, n, plan, float_path=True):
 def test_cross_process_threads_and_isa(tmp_path):
     """(a) same freqs (sha256 over all steps) for 1/2/3 threads x native / ATEN default / oneDNN SSE41."""
     model = tiny_model(seed=1)
-    results = _cross_process(model, tmp_path, B=5, n=40, settings_list=SETTINGS)  # n > block_size: cache rolls
+    results = _cross_process(model, tmp_path, B=5, n=40, settings_list=SETTINGS,  # n > block_size: cache rolls
+                             reference=True)
     print("float-path logits sha per setting:", {f"{t}{e}": r["float_logits_sha"][:12] for t, e, r in results})
 
 
@@ -271,7 +285,8 @@ def test_cross_process_architecture_options(tmp_path):
     every, together = list(range(len(cases))), list(range(6, len(cases)))
     _cross_process_many(cases, tmp_path, B=4, n=28, float_path=False,  # n > block_size: the caches roll
                         plan=[(2, {}, every),
-                              (3, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}, every),
+                              (3, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                                   "NUMBA_CPU_NAME": "generic"}, every),
                               (1, {"ATEN_CPU_CAPABILITY": "default"}, together), (3, {}, together),
                               (2, {"ONEDNN_MAX_CPU_ISA": "SSE41"}, together)])
 
@@ -608,13 +623,18 @@ def test_non_finite_weights_rejected():
         P.PortableModel.from_float(model)
 
 
-def test_nan_activations_raise_instead_of_diverging():
-    """A NaN reaching a table index raises (deterministically) rather than giving machine-dependent freqs."""
-    state = P.PortableModel.from_float(tiny_model(seed=13)).state_dict()
-    state["tensors"]["h.0.mlp.c_fc.s"][0] = float("inf")
+@pytest.mark.parametrize("reference", [False, True], ids=["kernels", "torch"])
+@pytest.mark.parametrize("where,arch", [("h.0.mlp.c_fc.s", "default"), ("h.0.attn.c_attn.s", "default"),
+                                        ("h.1.attn.c_attn.s", "all"), ("h.0.mlp.c_proj.s", "all"),
+                                        ("lm_head.s", "default")])
+def test_nan_activations_raise_instead_of_diverging(where, arch, reference):
+    """A non-finite value reaching a table index raises (deterministically) rather than giving
+    machine-dependent freqs, on both paths, wherever it enters (MLP, attention, QK-norm, head)."""
+    state = P.PortableModel.from_float(tiny_model(seed=13, **ARCH.get(arch, {}))).state_dict()
+    state["tensors"][where][0] = float("inf")
     pm = P.PortableModel.from_state_dict(state)
     with pytest.raises((IndexError, RuntimeError)):
-        run_steps(pm, streams_from(TEXT, 1, 3))
+        run_steps(pm, streams_from(TEXT, 1, 3), reference)
 
 
 def test_reduced_precision_matmul_settings_are_overridden_and_restored():
@@ -630,3 +650,75 @@ def test_reduced_precision_matmul_settings_are_overridden_and_restored():
         assert mk.fp32_precision == "bf16"
     finally:
         mk.fp32_precision = prev
+
+
+# ------------------------------------------------------------------------------------------ the CPU kernels
+
+KERNEL_CASES = {  # name: (model config, portable options)
+    **{name: (cfg, {}) for name, cfg in ARCH.items()},
+    "default": ({}, {}),
+    "gelu_layernorm_unfolded": ({}, {"fold_ln_gain": False}),
+    "float64_matmuls": (dict(n_embd=48, n_head=3, mlp_ratio=3, block_size=20), {"act_bits": 12, "mlp_hidden_bits": 12}),
+    "all_bias_odd_unfolded": (dict(n_embd=48, n_head=3, mlp_ratio=3, block_size=20, **ARCH["all_bias"]),
+                              {"fold_ln_gain": False, "qk_bits": 6, "v_bits": 10}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KERNEL_CASES))
+def test_cpu_kernels_equal_the_torch_reference(case):
+    """The numba kernels (the CPU path) give the torch ops' indices bit for bit at every step, under every
+    architecture option and portable option, for 1 and 5 streams, past the cache's first roll."""
+    cfg, options = KERNEL_CASES[case]
+    pm = P.PortableModel.from_float(tiny_model(seed=41, **cfg), **options)
+    for B in (1, 5):
+        sym = streams_from(TEXT, B, pm.block_size + 9)
+        kern, ref = pm.new_cache(B), pm.new_cache(B)
+        with P.ieee_fp32_matmuls():
+            for t in range(sym.shape[1]):
+                idx = torch.from_numpy(sym[:, t])
+                a, b = pm.step_indices(idx, kern), pm.step_indices(idx, ref, reference=True)
+                assert torch.equal(a, b), (case, B, t, int((a != b).sum()))
+        assert kern.pos == ref.pos == sym.shape[1]
+        for name in ("k", "v", "sk", "sv"):  # the caches hold the same integers and scales too
+            for x, y in zip(getattr(kern, name), getattr(ref, name)):
+                assert torch.equal(x, y), name
+    # one cache, the two paths taking turns: the state is the cache's, not either path's
+    sym = streams_from(TEXT, 3, pm.block_size + 5)
+    mixed = pm.new_cache(3)
+    turns = np.stack([pm.step(torch.from_numpy(sym[:, t]), mixed, reference=t % 3 == 1) for t in range(sym.shape[1])])
+    assert np.array_equal(turns, run_steps(pm, sym))
+
+
+FMA_WORKER = r"""
+import json, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import test_portable as T
+from blm_lab.codec import portable_cpu
+for arch in ("default", "all_bias"):  # every kernel, and every branch of them, gets compiled
+    T.run_steps(T.P.PortableModel.from_float(T.tiny_model(seed=42, **T.ARCH.get(arch, {}))), T.streams_from(T.TEXT, 2, 3))
+out = {}
+for name in dir(portable_cpu):
+    kernel = getattr(portable_cpu, name)
+    if hasattr(kernel, "inspect_asm"):
+        out[name] = list(kernel.inspect_asm().values())
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_cpu_kernels_contain_no_fused_multiply_add(tmp_path):
+    """R2: no kernel's machine code fuses a multiply and an add (which rounds once instead of twice). The
+    kernels are compiled afresh in a worker (numba does not keep the machine code of cached kernels)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", FMA_WORKER, str(Path(__file__).parent)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    asm = json.loads(proc.stdout.split("RESULT")[-1])
+    fma = ("vfmadd", "vfmsub", "vfnmadd", "vfnmsub", "fmadd", "fmsub", "fmla", "fmls")
+    compiled = {name: codes for name, codes in asm.items() if codes}
+    assert {"_norm_rows", "_residual_norm", "_qkv", "_attn_weights", "_attn_out", "_mlp_act", "_head"} <= set(compiled)
+    for name, codes in compiled.items():
+        for code in codes:
+            assert "vmulss" in code or "mulss" in code or "fmul" in code, name  # real machine code was inspected
+            found = [op for op in fma if op in code.lower()]
+            assert not found, (name, found)

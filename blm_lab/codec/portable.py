@@ -92,6 +92,16 @@ Head: l = (zq @ Wq_head^T) * s_col * (a * K_L); i = min(round(max l - l), N_L) (
 Failure mode: a NaN/inf in the activations turns into an invalid table index, which raises (it never
 silently gives machine-dependent frequencies).
 
+Two implementations of one arithmetic
+=====================================
+The torch ops of ``PortableModel`` are the reference, and the path on CUDA. On a CPU cache,
+``step_indices`` runs ``portable_cpu`` instead: numba kernels that perform the same IEEE operations on
+the same operands in the same order, between the same exact torch matmuls, without torch's dispatch of
+about a hundred small ops per layer (at 28 streams, 2 threads: 1.2-1.5 ms a step against 3-4 ms).
+``tests/test_portable.py`` holds the two equal bit for bit under every architecture and portable option,
+and checks the kernels' machine code for fused multiply-adds; the cross-process tests run the kernels
+compiled for the host and for a generic x86-64 (``NUMBA_CPU_NAME=generic``).
+
 Bounds (checked in ``_check_bounds``): int8 linear layers in float32 for K <= 1040 (else float64),
 head size <= 1040 for int8 q/k, block_size <= 512 (attention weight sums), U2 >= 1024 attention-weight
 levels (v_bits <= 13 at T = 128). The architecture options below add none: their integer sums are the
@@ -145,6 +155,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from . import portable_cpu
 
 __all__ = ["PortableModel", "PortableCache", "DEFAULT_OPTIONS", "FORMAT"]
 
@@ -360,6 +371,7 @@ class PortableCache:
     Per layer: ``k`` (B*nh, hs, T) quantized keys, stored transposed (the score bmm is then a plain
     row-times-matrix product), ``v`` (B*nh, T, hs) quantized values, ``sk``/``sv`` (B*nh, 1, T) their
     scales (true value = integer * scale). Slots fill in order; after T bytes the oldest is overwritten.
+    The CPU kernels keep their working buffers with the cache (``portable_cpu._workspace``).
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, block_size: int, head_size: int, hidden: int,
@@ -715,8 +727,8 @@ class PortableModel:
         y = self._table_(t, rt.gelu, buf)  # trunc(h 2**k + N + 1/2): the nearest grid point
         return y.add_(tail)  # GELU(R) = R in float32, so R + (h - R) continues the identity
 
-    def _rope_vectors(self, pos: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cosF, sinF (3C,) float32 for the shared position: q, k heads rotated, v heads identity."""
+    def _rope_cos_sin(self, pos: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos, sin (hs/2,) float32 of the rotary angles pos * theta_i, from the tables (module doc)."""
         F, c1, s1, c2, s2 = self._rope
         turn = np.array([pos], dtype=np.uint64) * F  # exact mod 2**64 (uint64 wraps)
         j = (turn >> np.uint64(54)).astype(np.int64)
@@ -724,6 +736,11 @@ class PortableModel:
         ca, sa, cb, sb = c1[j], s1[j], c2[k], s2[k]
         cos = (ca * cb - sa * sb).astype(np.float32)  # float64 IEEE ops, one rounding each
         sin = (sa * cb + ca * sb).astype(np.float32)
+        return cos, sin
+
+    def _rope_vectors(self, pos: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cosF, sinF (3C,) float32 for the shared position: q, k heads rotated, v heads identity."""
+        cos, sin = self._rope_cos_sin(pos)
         nh = self.n_head
         cos_h = np.concatenate([cos, cos])
         sin_h = np.concatenate([-sin, sin])
@@ -809,14 +826,20 @@ class PortableModel:
     # ------------------------------------------------------------------ the step
 
     @torch.no_grad()
-    def step_indices(self, idx: torch.Tensor, cache: PortableCache) -> torch.Tensor:
+    def step_indices(self, idx: torch.Tensor, cache: PortableCache, reference: bool = False) -> torch.Tensor:
         """Feed one byte per stream; returns the (B, 256) int64 exp-table indices of the next-byte
-        distribution (on the cache's device). ``step`` turns them into frequencies."""
+        distribution (on the cache's device). ``step`` turns them into frequencies.
+
+        A CPU cache runs the numba kernels of ``portable_cpu`` (the same arithmetic, op for op, without
+        torch's per-op dispatch); ``reference=True`` or a CUDA cache runs the torch ops below. Both keep
+        their state in the same cache tensors, so either may take any step."""
         device = cache.device
         rt = self._runtime(device)
         idx = idx.to(device=device, dtype=torch.long)
         if idx.shape != (cache.batch_size,):
             raise ValueError(f"idx must have shape ({cache.batch_size},), got {tuple(idx.shape)}")
+        if device.type == "cpu" and not reference:
+            return torch.from_numpy(portable_cpu.step_indices(self, rt, idx.numpy(), cache))
         pos = cache.pos
         slot = pos % cache.block_size
         filled = min(pos + 1, cache.block_size)
@@ -834,11 +857,11 @@ class PortableModel:
         cache.pos = pos + 1
         return lg.neg_().add_(mx).round_().clamp_max_(rt.n_logit).long()
 
-    def step(self, idx: torch.Tensor, cache: PortableCache) -> np.ndarray:
+    def step(self, idx: torch.Tensor, cache: PortableCache, reference: bool = False) -> np.ndarray:
         """Feed one byte per stream (idx (B,)), return next-byte frequencies: int64 numpy (B, 256),
-        each row totalling 2**24 with every entry >= 1."""
+        each row totalling 2**24 with every entry >= 1. ``reference``: see ``step_indices``."""
         with ieee_fp32_matmuls():
-            ind = self.step_indices(idx, cache)
+            ind = self.step_indices(idx, cache, reference)
         return self.freqs_from_indices(ind.cpu().numpy())
 
     def freqs_from_indices(self, ind: np.ndarray) -> np.ndarray:
