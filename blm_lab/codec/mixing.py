@@ -3,7 +3,7 @@
 ``ContextMixer(num_streams, MixerConfig(), neural)`` predicts every byte of B streams (the B segments
 of a file) one bit at a time, MSB first, and ``code_step`` codes one byte of every active stream per
 call with the project's range coder as a 2-symbol distribution ``[[2**16 - p1, p1]]``
-(``BatchEncoder(B, precision=16)``): 8 coder calls per byte step, all streams at once.
+(``BatchEncoder(B, precision=16).encode_binary``): 8 coder calls per byte step, all streams at once.
 ``codec.neural`` runs it in its lock-step loop, with the model's integer frequencies as the neural
 input (or none: the pure context-mixing compressor).
 
@@ -942,7 +942,6 @@ class BitCoder:
     def __init__(self, coder, num_streams: int, decoding: bool, stored=None, record: list | None = None):
         self.coder, self.decoding, self.record = coder, decoding, record
         self.stored = np.zeros(num_streams, dtype=bool) if stored is None else np.asarray(stored, dtype=bool)
-        self.freqs = np.empty((num_streams, 2), dtype=np.int64)
         self.bits = np.zeros(num_streams, dtype=np.float64)
         self.active = self.known = None
         self.k = 0
@@ -951,15 +950,13 @@ class BitCoder:
         self.active, self.known, self.k = active, np.asarray(known, dtype=np.int64), 0
 
     def __call__(self, p1):
-        self.freqs[:, 1] = p1
-        self.freqs[:, 0] = PONE - p1
         known_bits = (self.known >> (7 - self.k)) & 1
         if self.decoding:
-            bits = self.coder.decode(self.freqs, self.active & ~self.stored)
+            bits = self.coder.decode_binary(p1, self.active & ~self.stored)
             bits[self.stored] = known_bits[self.stored]
         else:
             bits = known_bits
-            self.coder.encode(self.freqs, bits, self.active)
+            self.coder.encode_binary(p1, bits, self.active)
         chosen = np.where(bits == 1, p1, PONE - p1)
         self.bits += np.where(self.active, PBITS - np.log2(chosen), 0.0)
         if self.record is not None:
