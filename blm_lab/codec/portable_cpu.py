@@ -4,9 +4,10 @@ Why
 ===
 ``PortableModel``'s torch step is ~100 small tensor ops per layer (norm statistics, quantization,
 rotation, the attention weights), each a few microseconds of dispatch at 28 streams: together more
-than the matmuls. Here each stretch of elementwise and per-row work between two matmuls is one
-kernel, so a layer is 4 kernels and 4 matmuls, and the attention scores and P.V products run inside
-the attention kernel.
+than the matmuls. Here each stretch of elementwise and per-row work between two matrix products is
+one kernel, so a layer is 6 kernels, 4 matmuls and 2 batched matmuls (the attention scores and P.V).
+The loops are written so that LLVM can vectorize them (the attention weights' integer sums are kept
+in int64), and the non-finite checks come before the clamps (which would hide a NaN).
 
 The contract
 ============
@@ -23,8 +24,8 @@ paths equal under every architecture option, and the golden files decode through
 A non-finite value reaching a table index raises ``IndexError`` (as the torch path's ``index_select``
 does) instead of indexing out of bounds.
 
-The matmuls stay in torch (``torch.mm``), on integer-valued float32: exact in any order (R1).
-CUDA caches use the torch path in ``portable.py``, which stays the reference.
+The matrix products stay in torch (``torch.mm``, ``torch.bmm``), on integer-valued float32: exact in
+any order (R1). CUDA caches use the torch path in ``portable.py``, which stays the reference.
 """
 
 from __future__ import annotations
