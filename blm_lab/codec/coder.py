@@ -323,8 +323,9 @@ _BAD_P1, _BAD_CARRY, _BAD_TARGET = 1, 2, 3
 
 
 @njit(cache=True)
-def _bad_binary(p1, bits, active, one, check_bits):
-    """The first active stream whose p1 is outside [1, one - 1] (or bit outside {0, 1}), or -1."""
+def _bad_binary(p1, bits, active, precision, check_bits):
+    """The first active stream whose p1 is outside [1, 2**precision - 1] (or bit outside {0, 1}), or -1."""
+    one = np.int64(1) << precision
     for i in range(p1.shape[0]):
         if active[i] and (p1[i] < 1 or p1[i] > one - 1 or (check_bits and (bits[i] < 0 or bits[i] > 1))):
             return i
@@ -343,11 +344,10 @@ def _binary_interval(bit, p1, one):
 def _encode_binary(low, range_, words, num_words, p1, bits, active, precision):
     """``BatchEncoder.encode`` of bit ``bits[i]`` with freqs [one - p1, p1] for every active stream i:
     returns (0, -1), or (problem, stream) with nothing changed for a bad p1 or bit."""
-    one = np.int64(1) << precision
-    bad = _bad_binary(p1, bits, active, one, True)
+    bad = _bad_binary(p1, bits, active, precision, True)
     if bad >= 0:
         return _BAD_P1, bad
-    shift = np.uint64(precision)
+    one, shift = np.int64(1) << precision, np.uint64(precision)
     for i in range(low.shape[0]):
         if not active[i]:
             continue
@@ -379,11 +379,10 @@ def _encode_binary(low, range_, words, num_words, p1, bits, active, precision):
 def _decode_binary(value, range_, position, words, last_column, p1, active, precision, out):
     """``BatchDecoder.decode`` with freqs [one - p1, p1] for every active stream: the bits into ``out``
     (0 for inactive streams); returns (0, -1), or (problem, stream) with nothing changed."""
-    one = np.int64(1) << precision
-    bad = _bad_binary(p1, p1, active, one, False)
+    bad = _bad_binary(p1, p1, active, precision, False)
     if bad >= 0:
         return _BAD_P1, bad
-    shift = np.uint64(precision)
+    one, shift = np.int64(1) << precision, np.uint64(precision)
     for i in range(value.shape[0]):
         if active[i] and value[i] // (range_[i] >> shift) >= np.uint64(one):
             return _BAD_TARGET, i
