@@ -245,3 +245,15 @@ def test_help_does_not_import_torch(module, argv):
         assert f"cpu and baseline {cpu_model.n_embd}, gpu {gpu_model.n_embd}" in help_text
         assert f"cpu and gpu {cpu_train.optimizer}, baseline adamw" in help_text
         assert "--muon-lr sets the blocks' matrices" in help_text
+
+
+def test_the_packages_lazy_names_are_the_modules_own():
+    import importlib
+
+    import blm_lab
+
+    for name in blm_lab.__all__:
+        module = importlib.import_module(f"blm_lab.{blm_lab._EXPORTS[name]}")
+        assert getattr(blm_lab, name) is getattr(module, name), name
+    with pytest.raises(AttributeError, match="no attribute 'BytesGTP'"):
+        blm_lab.BytesGTP
