@@ -10,8 +10,9 @@ over a 10-minute time budget. Measured on the 2-core development machine on tiny
 
 The training command (``blm-lab train``, ``python -m blm_lab.train_bytes``) takes a recipe's model and
 optimiser settings as its defaults (``recipe_fields``; ``gpu`` on CUDA, ``cpu`` elsewhere, or ``--recipe``),
-but not its time budget. ``workbench_configs`` is the training notebook's policy: the recipe of the device found, shortened
-on CPU so that ``make run`` stays within about ten minutes, with the notebook's overrides applied.
+but not its time budget. ``workbench_configs`` is the training notebook's policy: the recipe of the device
+found, shortened on CPU so that ``make run`` stays within about ten minutes, with the notebook's parameters
+(``notebook_settings``) applied.
 """
 
 from __future__ import annotations
