@@ -104,7 +104,8 @@ def _resume(out_dir: Path, model: BytesGPT, optimizers: list, model_cfg: BytesGP
     ckpt = read_checkpoint(ckpt_path, device)
     if ckpt["config"] != model_cfg.to_dict():
         raise ConfigError(f"--resume: {ckpt_path} was trained with config {ckpt['config']}, not {model_cfg.to_dict()}; "
-                          "pass the same model flags or a new --output-dir")
+                          "pass the same model flags (--recipe baseline for a run begun with blm_lab 0.1's defaults) "
+                          "or a new --output-dir")
     missing = [key for key in RESUME_KEYS + (("muon_state",) if len(optimizers) > 1 else ()) if key not in ckpt]
     if missing:
         raise CheckpointError(f"--resume: {ckpt_path} lacks {', '.join(missing)}, which resuming needs; it was saved "
