@@ -69,7 +69,8 @@ def main() -> int:
                     seconds, torch_loaded[label] = run(tree, argv, Path(tmp))
                     times[label].append(seconds)
             old_s, new_s = statistics.median(times["old"]), statistics.median(times["new"])
-            print(f"{name:<18} {old_s:7.2f} {new_s:7.2f} {new_s / old_s:8.2f}  {torch_loaded['old']}/{torch_loaded['new']}")
+            imported = f"{torch_loaded['old']}/{torch_loaded['new']}"
+            print(f"{name:<18} {old_s:7.2f} {new_s:7.2f} {new_s / old_s:8.2f}  {imported}")
     return 0
 
 

@@ -310,7 +310,8 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
 
 def run_from_args(args) -> int:
     """The training command (``blm-lab train``, ``python -m blm_lab.train_bytes``): flags from
-    ``config.add_train_arguments`` -> configs (the recipe for the device found fills the flags not given); join the process group under torchrun; train; print."""
+    ``config.add_train_arguments`` -> configs (the recipe for the device found fills the flags not given);
+    join the process group under torchrun; train; print."""
     on_cuda = pick_device("cpu" if args.cpu else args.device).type == "cuda"
     train_cfg, model_cfg = configs_from_args(args, on_cuda=on_cuda)
     with process_group(train_cfg.device_preference) as dist_info:
