@@ -30,7 +30,7 @@ def explorer(model):
 
 
 def highlighted(explorer) -> list[str]:
-    return re.findall(r'class="blm-hl" data-pos="(\d+)"', explorer.html.value)
+    return re.findall(r'class="[^"]*blm-hl[^"]*" data-pos="(\d+)"', explorer.html.value)
 
 
 def bar_heights(explorer) -> np.ndarray:
@@ -65,8 +65,40 @@ def test_moving_the_position_redraws(explorer):
 def test_top_k_changes_the_number_of_bars(explorer):
     explorer.top_k.value = 5
     assert len(bar_heights(explorer)) == 5
-    explorer.top_k.value = 30
-    assert len(bar_heights(explorer)) == 30
+    explorer.top_k.value = 16
+    assert len(bar_heights(explorer)) == 16 and explorer.top_k.max == explorer.analysis.top_k
+
+
+def test_hover_shows_top_guesses_and_spans_jump(explorer):
+    explorer.position.value = 20
+    title = re.search(r'data-pos="20" title="([^"]*)"', explorer.html.value).group(1)
+    top = next_byte_table(explorer.analysis, 20, 5)
+    assert "top guesses: " in title and f"{top['probability'].iloc[0]:.2f}" in title
+    assert len(explorer.spans.options) > 0
+    label, start = explorer.spans.options[1]
+    explorer.spans.value = start
+    assert explorer.current_position == start and highlighted(explorer) == [str(start)]
+
+
+def test_patch_boundaries_overlay(explorer):
+    explorer.patches.value = False
+    assert "blm-patch" not in explorer.html.value
+    explorer.threshold.value = 0.0  # every byte whose prediction has any entropy starts a patch
+    explorer.patches.value = True
+    marked = [int(p) for p in re.findall(r'class="blm-patch[^"]*" data-pos="(\d+)"', explorer.html.value)]
+    expected = np.flatnonzero(explorer.analysis.entropy > 0).tolist()
+    shown = [int(p) for p in re.findall(r'data-pos="(\d+)"', explorer.html.value)]
+    assert marked == [p for p in expected if p in shown] and "patches (global rule" in explorer.info.value
+    explorer.threshold.value = 10.0
+    assert re.findall(r'class="blm-patch[^"]*" data-pos="(\d+)"', explorer.html.value) == ["0"]
+    explorer.patches.value = False
+
+
+def test_empty_text_is_a_message(model):
+    explorer = make_explorer(model, text=TEXT)
+    explorer.text.value = ""
+    explorer.analyze_button.click()
+    assert "empty" in explorer.status.value and len(explorer.analysis) == len(TEXT.encode())
 
 
 def test_vmax_recolours_the_text(explorer):

@@ -22,9 +22,11 @@ from pathlib import Path
 import ipywidgets as widgets
 import numpy as np
 
+from ..bits import costliest_spans
 from ..data import byte_label
 from ..errors import BlmError, PathError
 from ..files import atomic_write, check_input_file
+from ..patching import BLT_THRESHOLD, patch_starts
 from ..scoring import ByteAnalysis, analyze_bytes
 from .figures import plot_next_byte, plot_surprisal, plot_surprisal_text, save_figure
 from .html import surprisal_html
@@ -39,6 +41,8 @@ DEFAULT_TEXT = (
     "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.\n"
 )
 HTML_WINDOW = 800  # bytes of coloured text shown around the current position
+SPANS = 20  # costliest spans offered in the jump list
+SPAN_WIDTH = 16  # bytes per costliest span
 
 
 def html_window(n: int, position: int, length: int = HTML_WINDOW) -> int:
@@ -48,7 +52,7 @@ def html_window(n: int, position: int, length: int = HTML_WINDOW) -> int:
 
 def _most_surprising(analysis: ByteAnalysis) -> int:
     """The most surprising byte after byte 0 (which is always the uniform 8 bits)."""
-    if len(analysis) == 1:
+    if len(analysis) <= 1:
         return 0
     return 1 + int(np.argmax(analysis.surprisal[1:]))
 
@@ -64,12 +68,17 @@ class EntropyExplorer:
 
     Widgets (attributes): ``text`` (Textarea), ``file`` (Text: a path, used instead of the text
     when set), ``analyze_button``, ``status`` (HTML: what was analysed, or the error), ``position``,
-    ``top_k`` (IntSliders), ``vmax`` (FloatSlider, bits at the darkest colour), ``html`` (the
-    coloured text), ``info`` (HTML: the byte at ``position``), ``chart`` (Output: the next-byte bar
-    chart) and ``widget`` (the VBox holding them all).
+    ``top_k`` (IntSliders, top_k up to the guesses the analysis kept), ``vmax`` (FloatSlider, bits
+    at the darkest colour), ``spans`` (Dropdown: the costliest spans; picking one jumps there),
+    ``patches`` (Checkbox: overlay BLT global-rule patch boundaries) with ``threshold`` (FloatSlider,
+    nats), ``html`` (the coloured text; hover a byte for the model's top guesses), ``info`` (HTML: the
+    byte at ``position``, and the patching's mean length), ``chart`` (Output: the next-byte bar chart)
+    and ``widget`` (the VBox holding them all).
 
     State: ``analysis`` (the current ByteAnalysis), ``current_position`` (the position last drawn),
-    ``last_figure`` (the last next-byte figure) and ``draws`` (how many times the chart was drawn).
+    ``boundaries`` ((N,) bool patch starts, or None), ``last_figure`` (the last next-byte figure) and
+    ``draws`` (how many times the chart was drawn). A redraw touches only the window of text around
+    the position and one chart, so its cost does not grow with the file (benchmarks/bench_explorer.py).
     """
 
     def __init__(self, model, text: str | None = None, file: str | os.PathLike | None = None, max_bytes: int | None = 4096,
@@ -79,6 +88,7 @@ class EntropyExplorer:
         self.device = device
         self.window = int(window)
         self.analysis: ByteAnalysis | None = None
+        self.boundaries: np.ndarray | None = None
         self.source = ""
         self.current_position: int | None = None
         self.last_figure = None
@@ -96,9 +106,13 @@ class EntropyExplorer:
         self.status = widgets.HTML()
         self.position = widgets.IntSlider(value=0, min=0, max=0, description="position", continuous_update=False,
                                           layout=widgets.Layout(width="50%"))
-        self.top_k = widgets.IntSlider(value=20, min=1, max=64, description="top k", continuous_update=False)
+        self.top_k = widgets.IntSlider(value=10, min=1, max=16, description="top k", continuous_update=False)
         self.vmax = widgets.FloatSlider(value=8.0, min=0.5, max=16.0, step=0.5, description="vmax (bits)",
                                         continuous_update=False, readout_format=".1f")
+        self.spans = widgets.Dropdown(options=[], description="costliest", layout=widgets.Layout(width="60%"))
+        self.patches = widgets.Checkbox(value=False, description="patch boundaries", indent=False)
+        self.threshold = widgets.FloatSlider(value=BLT_THRESHOLD, min=0.0, max=5.6, step=0.05, description="θ (nats)",
+                                             continuous_update=False, readout_format=".2f")
         self.info = widgets.HTML()
         self.html = widgets.HTML(layout=widgets.Layout(width="58%", max_height="32em", overflow="auto"))
         self.chart = widgets.Output(layout=widgets.Layout(width="42%"))
@@ -107,6 +121,7 @@ class EntropyExplorer:
             widgets.HBox([self.file, self.analyze_button]),
             self.status,
             widgets.HBox([self.position, self.top_k, self.vmax]),
+            widgets.HBox([self.spans, self.patches, self.threshold]),
             self.info,
             widgets.HBox([self.html, self.chart]),
         ])
@@ -115,6 +130,9 @@ class EntropyExplorer:
         self.position.observe(self._on_position, names="value")
         self.top_k.observe(self._on_top_k, names="value")
         self.vmax.observe(self._on_vmax, names="value")
+        self.spans.observe(self._on_span, names="value")
+        self.patches.observe(self._on_patches, names="value")
+        self.threshold.observe(self._on_patches, names="value")
         self.analyze()
 
     # ------------------------------------------------------------------ actions
@@ -141,12 +159,20 @@ class EntropyExplorer:
         except BlmError as exc:
             self.status.value = f'<span style="color:#b00">cannot analyse: {html.escape(str(exc))}</span>'
             return None
+        if len(analysis) == 0:
+            self.status.value = f"<b>{html.escape(source)}</b> is empty: nothing to analyse; type some text or pick a file"
+            return None
         first = self.analysis is None
         self.analysis, self.source = analysis, source
+        spans = costliest_spans(analysis.data, analysis.surprisal, width=SPAN_WIDTH, count=SPANS, context=0)
         with self._hold():
             self.position.max = len(analysis) - 1  # clamps the value when the new input is shorter
+            self.top_k.max = analysis.top_k
+            self.spans.options = [(f"#{r.start}: {r.bits:.0f} bits {r.span!r}", int(r.start)) for r in spans.itertuples()]
+            self.spans.value = None
             if first:
                 self.position.value = _most_surprising(analysis)
+        self._find_boundaries()
         cut = f" (first {len(analysis):,} of {total:,})" if total > len(analysis) else ""
         self.status.value = (f"<b>{html.escape(source)}</b>: {len(analysis):,} bytes{cut} &middot; "
                              f"<b>{analysis.mean_bits_per_byte:.3f} bits/byte</b> &middot; "
@@ -163,20 +189,29 @@ class EntropyExplorer:
         self._draw_info()
         self._draw_chart()
 
+    def _find_boundaries(self) -> None:
+        self.boundaries = None
+        if self.patches.value:
+            starts = patch_starts(self.analysis.entropy_nats, "global", threshold=float(self.threshold.value))
+            self.boundaries = np.zeros(len(self.analysis), dtype=bool)
+            self.boundaries[starts] = True
+
     def _draw_html(self) -> None:
         position = int(self.position.value)
         start = html_window(len(self.analysis), position, self.window)
         self.html.value = surprisal_html(self.analysis, start=start, length=self.window, vmax=float(self.vmax.value),
-                                         highlight=position)
+                                         highlight=position, boundaries=self.boundaries)
 
     def _draw_info(self) -> None:
         a, t = self.analysis, int(self.position.value)
         value = a.data[t]
-        p = a.probs[t]
-        rank = int((p > p[value]).sum()) + 1
         self.info.value = (f"byte <b>{t}</b>: <code>{html.escape(byte_label(value))}</code> (0x{value:02x}) &middot; "
-                           f"surprisal <b>{a.surprisal[t]:.2f} bits</b> (p = {p[value]:.3g}, rank {rank}) &middot; "
+                           f"surprisal <b>{a.surprisal[t]:.2f} bits</b> (p = {2.0 ** -a.surprisal[t]:.3g}, rank {a.rank[t]}) &middot; "
                            f"entropy of the prediction <b>{a.entropy[t]:.2f} bits</b>")
+        if self.boundaries is not None:
+            count = int(self.boundaries.sum())
+            self.info.value += (f" &middot; {count:,} patches (global rule, θ = {self.threshold.value:.2f} nats), "
+                                f"mean {len(a) / count:.2f} bytes")
 
     def _draw_chart(self) -> None:
         fig = plot_next_byte(self.analysis, int(self.position.value), top_k=int(self.top_k.value))
@@ -208,6 +243,16 @@ class EntropyExplorer:
     def _on_vmax(self, change) -> None:
         if not self._holding_updates and self.analysis is not None:
             self._draw_html()
+
+    def _on_span(self, change) -> None:
+        if not self._holding_updates and change["new"] is not None:
+            self.position.value = int(change["new"])  # its observer redraws
+
+    def _on_patches(self, change) -> None:
+        if not self._holding_updates and self.analysis is not None:
+            self._find_boundaries()
+            self._draw_html()
+            self._draw_info()
 
     # ------------------------------------------------------------------ display
 

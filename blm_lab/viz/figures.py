@@ -174,9 +174,8 @@ def plot_next_byte(analysis: ByteAnalysis, position: int, top_k: int = 20, ax=No
     ax.set_title(f"byte {position}: after {before!r}\nactual {byte_label(actual)}: {analysis.surprisal[position]:.2f} bits, "
                  f"entropy {analysis.entropy[position]:.2f} bits", fontsize=9, parse_math=False)
     if not table["is_actual"].any():
-        p = analysis.probs[position]
-        rank = int((p > p[actual]).sum()) + 1
-        ax.text(0.99, 0.95, f"actual {byte_label(actual)} not in top {len(table)}: rank {rank}, p = {p[actual]:.2e}",
+        rank, p_actual = int(analysis.rank[position]), 2.0 ** -analysis.surprisal[position]
+        ax.text(0.99, 0.95, f"actual {byte_label(actual)} not in top {len(table)}: rank {rank}, p = {p_actual:.2e}",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8, color="tab:orange", parse_math=False)
     return finish(fig, owned)
 

@@ -11,14 +11,20 @@ from ..data import byte_label
 from ..scoring import ByteAnalysis
 from .style import NEWLINE, glyph, hex_colour, text_colour
 
-__all__ = ["surprisal_html"]
+__all__ = ["surprisal_html", "HOVER_GUESSES"]
+
+HOVER_GUESSES = 5  # the model's top guesses each byte's hover text lists
+
 
 def surprisal_html(analysis: ByteAnalysis, start: int = 0, length: int = 2000, vmax: float = 8.0, cmap: str = "Reds",
-                   highlight: int | None = None) -> str:
+                   highlight: int | None = None, boundaries: np.ndarray | None = None) -> str:
     """Bytes ``start .. start + length`` as HTML: one ``<span>`` per byte, background darker = more surprising.
 
-    Colour is ``cmap(surprisal / vmax)`` (clipped at vmax bits). Each span's title gives the position,
-    the byte, its surprisal and the entropy of its prediction. Printable ASCII is shown (HTML-escaped),
+    Colour is ``cmap(surprisal / vmax)`` (clipped at vmax bits). Each span's title (the hover text)
+    gives the position, the byte, its surprisal, the entropy of its prediction and the model's top
+    guesses with their probabilities. ``boundaries`` ((N,) bool, e.g. ``Patching.mask``) marks the
+    bytes that start a patch with a bar on their left and ``class="blm-patch"``. Only the window is
+    built, so the cost does not grow with the file. Printable ASCII is shown (HTML-escaped),
     ``\\n`` as '↵' followed by a line break, ``\\t`` as '→', every other byte as '·'. The byte at
     ``highlight`` (if inside the window) is outlined and carries ``class="blm-hl"``. No other
     ``<span>`` is emitted, so the span count equals the number of bytes shown.
@@ -34,13 +40,19 @@ def surprisal_html(analysis: ByteAnalysis, start: int = 0, length: int = 2000, v
     for i, (value, colour) in enumerate(zip(values, rgba)):
         t = start + i
         value = int(value)
+        guesses = ", ".join(f"{byte_label(int(b))} {p:.2f}"
+                            for b, p in zip(analysis.top_bytes[t, :HOVER_GUESSES], analysis.top_probs[t, :HOVER_GUESSES]))
         title = (f"#{t} byte 0x{value:02x} {byte_label(value)}: {analysis.surprisal[t]:.2f} bits, "
-                 f"entropy {analysis.entropy[t]:.2f} bits")
+                 f"entropy {analysis.entropy[t]:.2f} bits; top guesses: {guesses}")
         style = f"background:{hex_colour(colour)};color:{text_colour(colour)}"
-        extra = ""
+        classes = []
+        if boundaries is not None and boundaries[t]:
+            style += ";box-shadow:inset 2px 0 0 #2ca02c"
+            classes.append("blm-patch")
         if highlight is not None and t == int(highlight):
             style += ";outline:2px solid #1f77b4;outline-offset:0;position:relative;z-index:1"
-            extra = ' class="blm-hl"'
+            classes.append("blm-hl")
+        extra = f' class="{" ".join(classes)}"' if classes else ""
         parts.append(f'<span{extra} data-pos="{t}" title="{html.escape(title, quote=True)}" style="{style}">'
                      f"{html.escape(glyph(value))}</span>")
         if value == NEWLINE:
