@@ -8,17 +8,26 @@ Every function takes the bytes and one bits value per byte, so it reads a real c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from .data import as_byte_array
 from .errors import CheckpointError, ConfigError
 
 __all__ = ["BYTE_KINDS", "MARKUP", "byte_kinds", "bits_by_kind", "bits_by_position", "cumulative_bits",
-           "costliest_spans", "methods_frame", "compare_bits", "check_vocabulary"]
+           "costliest_spans", "methods_frame", "compare_bits", "check_vocabulary", "BitSource", "bit_sources",
+           "kind_table", "position_table", "compressor_traces"]
 
 BYTE_KINDS = ("letter", "digit", "whitespace", "punctuation", "markup", "non-ASCII or binary")
 MARKUP = b"<>&=/\\{}[]#|@^~`$_*"  # what HTML, XML, TeX, wiki and Markdown syntax is written with
+
+
+def _as_bytes(data) -> np.ndarray:
+    """bytes or a uint8 array (a trace's ``data``) as a 1-D uint8 array; without ``data.as_byte_array``'s torch import."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
 def _kind_table() -> np.ndarray:
@@ -39,11 +48,11 @@ KIND_OF_BYTE = _kind_table()  # (256,) int8 index into BYTE_KINDS
 def byte_kinds(data) -> np.ndarray:
     """(N,) int8: each byte's kind, an index into ``BYTE_KINDS`` (ASCII letters, digits, whitespace,
     punctuation other than ``MARKUP``, ``MARKUP``, everything else)."""
-    return KIND_OF_BYTE[as_byte_array(data)]
+    return KIND_OF_BYTE[_as_bytes(data)]
 
 
 def _bits(data, bits) -> tuple[np.ndarray, np.ndarray]:
-    x = as_byte_array(data)
+    x = _as_bytes(data)
     b = np.asarray(bits, dtype=np.float64).reshape(-1)
     if b.shape[0] != x.shape[0]:
         raise ConfigError(f"{b.shape[0]} bit values for {x.shape[0]} bytes; pass one value per byte of the same data")
@@ -179,3 +188,70 @@ def check_vocabulary(config_a, config_b, names=("the run's checkpoint", "compare
     if va != vb:
         raise CheckpointError(f"{names[1]} has a vocabulary of {vb} symbols, {names[0]} {va}; per-byte bits compare "
                               "only between models of one vocabulary: pick a checkpoint of the same vocab_size")
+
+
+@dataclass
+class BitSource:
+    """One account of where bits went: a compression's trace or a model's own surprisal, over ``data``."""
+
+    name: str
+    data: np.ndarray  # (N,) uint8
+    bits: np.ndarray  # (N,) float64
+    position: np.ndarray  # (N,) position of each byte within the stream that coded it
+
+    @property
+    def bits_per_byte(self) -> float:
+        return float(self.bits.sum() / self.data.shape[0]) if self.data.shape[0] else 0.0
+
+
+def bit_sources(traces, analysis=None, analysis_name: str = "model surprisal (float)") -> list[BitSource]:
+    """The traces (``{name: ByteTrace}``, what the coder spent) as sources, else the model's own surprisal
+    from ``analysis`` (one stream from its first byte); an empty list when there is neither."""
+    out = [BitSource(name, np.asarray(t.data, np.uint8), np.asarray(t.coded_bits, np.float64),
+                     np.asarray(t.position)) for name, t in dict(traces).items()]
+    if not out and analysis is not None and len(analysis):
+        out.append(BitSource(analysis_name, analysis.byte_values, analysis.surprisal, np.arange(len(analysis))))
+    return out
+
+
+def kind_table(sources) -> pd.DataFrame:
+    """Bits per byte by kind of byte (rows, plus "all") for each source (columns), and the share of bytes."""
+    sources = list(sources)
+    if not sources:
+        return pd.DataFrame()
+    columns = {}
+    for source in sources:
+        table = bits_by_kind(source.data, source.bits).set_index("kind")
+        columns[source.name] = [*table["bits_per_byte"], source.bits_per_byte]
+    first = bits_by_kind(sources[0].data, sources[0].bits)
+    frame = pd.DataFrame(columns, index=[*BYTE_KINDS, "all"])
+    frame.insert(0, "share_of_bytes", [*first["share_of_bytes"], 1.0])
+    frame.index.name = "kind"
+    return frame
+
+
+def position_table(sources) -> pd.DataFrame:
+    """Bits per byte by position within a segment (doubling bins) for each source: the warm-up cost."""
+    frames = []
+    for source in sources:
+        table = bits_by_position(source.position, source.bits)
+        table.insert(0, "source", source.name)
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame()
+    both = pd.concat(frames, ignore_index=True)
+    both["positions"] = [f"{a}" if a == b else f"{a}-{b}" for a, b in zip(both["first"], both["last"])]
+    return both.pivot_table(index=["first", "positions"], columns="source", values="bits_per_byte",
+                            sort=True).reset_index(level=0, drop=True)
+
+
+def compressor_traces(compressors) -> dict:
+    """``{name: ByteTrace}`` of the registry compressors (``codec.neural.NeuralCompressor``) whose last
+    compression recorded a trace (``compress_with_stats(..., trace=True)``), in the order given; {} when
+    none did, as before the codec records traces."""
+    out = {}
+    for compressor in compressors:
+        trace = getattr(getattr(compressor, "last_stats", None), "trace", None)
+        if trace is not None:
+            out[compressor.name] = trace
+    return out

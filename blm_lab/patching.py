@@ -33,7 +33,7 @@ import pandas as pd
 from .errors import ConfigError
 
 __all__ = ["RULES", "BLT_THRESHOLD", "Patching", "patch_starts", "patching", "fixed_stride", "solve_threshold",
-           "ThresholdSolution", "patch_table"]
+           "solve_rules", "ThresholdSolution", "patch_table"]
 
 RULES = ("global", "monotonic", "combined")
 BLT_THRESHOLD = 1.3354  # nats: BLT's default global threshold
@@ -238,11 +238,10 @@ def solve_threshold(entropy_nats, target_mean: float, rule: str = "global", rela
     # candidate thresholds: below everything (every tested byte passes), then each distinct value
     candidates = np.concatenate(([values[0] - 1.0] if values.size else [0.0], values))
 
-    def run(theta: float) -> Patching:
+    def run(theta: float, bits=None) -> Patching:  # bits only for the answer: the bisection needs counts
         if rule == "monotonic":
-            return patching(h, surprisal_bits, rule, relative_threshold=theta, max_length=max_length)
-        return patching(h, surprisal_bits, rule, threshold=theta, relative_threshold=relative_threshold,
-                        max_length=max_length)
+            return patching(h, bits, rule, relative_threshold=theta, max_length=max_length)
+        return patching(h, bits, rule, threshold=theta, relative_threshold=relative_threshold, max_length=max_length)
 
     low, high = run(candidates[0]), run(candidates[-1])
     if not low.mean_length <= target_mean <= high.mean_length:
@@ -260,8 +259,20 @@ def solve_threshold(entropy_nats, target_mean: float, rule: str = "global", rela
         else:
             hi = mid
     best = min((lo, hi), key=lambda i: (abs(found[i].mean_length - target_mean), i))
-    # the lowest threshold that gives the same patching is the first candidate with this mean
-    return ThresholdSolution(rule, float(candidates[best]), float(target_mean), found[best].mean_length, found[best])
+    answer = run(candidates[best], surprisal_bits)
+    return ThresholdSolution(rule, float(candidates[best]), float(target_mean), answer.mean_length, answer)
+
+
+def solve_rules(entropy_nats, surprisal_bits, target_mean: float, relative_threshold: float = 0.0,
+                max_length: int | None = None) -> list[Patching]:
+    """Each rule solved for ``target_mean`` (combined with ``relative_threshold`` given), each followed by
+    its fixed-stride baseline of the same mean: [global, fixed, monotonic, fixed, combined, fixed]."""
+    h = _as_entropy(entropy_nats)
+    out = []
+    for rule in RULES:
+        solved = solve_threshold(h, target_mean, rule, relative_threshold, max_length, surprisal_bits).patching
+        out += [solved, fixed_stride(h.shape[0], solved.mean_length, surprisal_bits)]
+    return out
 
 
 def patch_table(patchings) -> pd.DataFrame:

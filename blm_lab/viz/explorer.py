@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,12 +27,12 @@ from ..bits import costliest_spans
 from ..data import byte_label
 from ..errors import BlmError, PathError
 from ..files import atomic_write, check_input_file
-from ..patching import BLT_THRESHOLD, patch_starts
+from ..patching import BLT_THRESHOLD, RULES, patch_starts, solve_threshold
 from ..scoring import ByteAnalysis, analyze_bytes
 from .figures import plot_next_byte, plot_surprisal, plot_surprisal_text, save_figure
 from .html import surprisal_html
 
-__all__ = ["EntropyExplorer", "make_explorer", "save_static_views", "html_window", "DEFAULT_TEXT"]
+__all__ = ["EntropyExplorer", "make_explorer", "save_static_views", "html_window", "DEFAULT_TEXT", "PatchView"]
 
 DEFAULT_TEXT = (
     "def mean(values):\n"
@@ -82,7 +83,7 @@ class EntropyExplorer:
     """
 
     def __init__(self, model, text: str | None = None, file: str | os.PathLike | None = None, max_bytes: int | None = 4096,
-                 device=None, window: int = HTML_WINDOW):
+                 device=None, window: int = HTML_WINDOW, analysis: ByteAnalysis | None = None):
         self.model = model
         self.max_bytes = max_bytes
         self.device = device
@@ -133,7 +134,10 @@ class EntropyExplorer:
         self.spans.observe(self._on_span, names="value")
         self.patches.observe(self._on_patches, names="value")
         self.threshold.observe(self._on_patches, names="value")
-        self.analyze()
+        if analysis is None:
+            self.analyze()
+        else:  # one already made (notebook 05, benchmarks): shown as it is, "Analyze" re-runs the model
+            self.show(analysis, "the given analysis", len(analysis))
 
     # ------------------------------------------------------------------ actions
 
@@ -159,6 +163,10 @@ class EntropyExplorer:
         except BlmError as exc:
             self.status.value = f'<span style="color:#b00">cannot analyse: {html.escape(str(exc))}</span>'
             return None
+        return self.show(analysis, source, total)
+
+    def show(self, analysis: ByteAnalysis, source: str, total: int) -> ByteAnalysis | None:
+        """Show ``analysis`` (of ``total`` bytes from ``source``, maybe cut) and redraw everything."""
         if len(analysis) == 0:
             self.status.value = f"<b>{html.escape(source)}</b> is empty: nothing to analyse; type some text or pick a file"
             return None
@@ -263,6 +271,53 @@ class EntropyExplorer:
         from IPython.display import display
 
         display(self.widget)
+
+
+class PatchView:
+    """Entropy patches over coloured text (notebook 05): a rule and a target mean patch length; each change
+    solves the threshold (``patching.solve_threshold``) and redraws the boundaries.
+
+    Widgets: ``rule`` (Dropdown), ``target`` (FloatSlider, bytes), ``start`` (IntSlider, first byte
+    shown), ``info`` (HTML: the threshold in nats and bits, the mean reached and how far it is from the
+    target, or why the target is out of reach), ``html`` and ``widget``. ``solution`` is the last
+    ``ThresholdSolution`` (None after an unreachable target).
+    """
+
+    def __init__(self, analysis: ByteAnalysis, target_mean: float = 4.5, rule: str = "global",
+                 relative_threshold: float = 0.0, max_length: int | None = None, window: int = HTML_WINDOW):
+        self.analysis, self.relative_threshold, self.max_length, self.window = analysis, relative_threshold, max_length, window
+        self.solution = None
+        self.rule = widgets.Dropdown(options=list(RULES), value=rule, description="rule")
+        self.target = widgets.FloatSlider(value=target_mean, min=1.0, max=16.0, step=0.25, description="mean length",
+                                          continuous_update=False, readout_format=".2f")
+        self.start = widgets.IntSlider(value=0, min=0, max=max(0, len(analysis) - 1), step=max(1, window // 2),
+                                       description="from byte", continuous_update=False)
+        self.info = widgets.HTML()
+        self.html = widgets.HTML(layout=widgets.Layout(max_height="28em", overflow="auto"))
+        self.widget = widgets.VBox([widgets.HBox([self.rule, self.target, self.start]), self.info, self.html])
+        for control in (self.rule, self.target, self.start):
+            control.observe(lambda _change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        try:
+            self.solution = solve_threshold(self.analysis.entropy_nats, float(self.target.value), self.rule.value,
+                                            self.relative_threshold, self.max_length, self.analysis.surprisal)
+        except BlmError as exc:
+            self.solution = None
+            self.info.value = f'<span style="color:#b00">{html.escape(str(exc))}</span>'
+            self.html.value = surprisal_html(self.analysis, start=int(self.start.value), length=self.window)
+            return
+        s, p = self.solution, self.solution.patching
+        name = "θ_r" if s.rule == "monotonic" else "θ"
+        self.info.value = (f"{s.rule}: {name} = <b>{s.threshold:.4f} nats</b> ({s.threshold / math.log(2):.4f} bits) "
+                           f"&middot; {p.count:,} patches, mean <b>{p.mean_length:.3f}</b> bytes "
+                           f"(target {s.target_mean:g}, off by {s.error:+.3f}) &middot; median {p.median_length:g}")
+        self.html.value = surprisal_html(self.analysis, start=int(self.start.value), length=self.window,
+                                         boundaries=p.mask)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
 
 
 def make_explorer(model, text: str | None = None, file: str | os.PathLike | None = None, max_bytes: int | None = 4096,
