@@ -94,3 +94,20 @@ def test_vocabulary_check_names_the_difference():
     check_vocabulary({"vocab_size": 256, "block_size": 64}, {"vocab_size": 256, "block_size": 512})
     with pytest.raises(CheckpointError, match="vocabulary of 512 symbols.*256"):
         check_vocabulary({"vocab_size": 256}, {"vocab_size": 512})
+
+
+def test_traces_round_trip_through_the_run_directory(tmp_path):
+    from blm_lab.workbench.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert run.traces() == {} and run.write_traces({"blm": None}) is None  # a codec without traces writes nothing
+    blm = trace(DATA, np.linspace(0.1, 0.9, len(DATA)), "blm", streams=2)
+    blm.model_bits = blm.coded_bits + 0.5
+    blm.neural_share = np.full(len(DATA), 0.25, np.float32)
+    cm = trace(DATA, np.full(len(DATA), 0.5), "cm")
+    run.write_traces({"blm": blm, "cm": cm})
+    back = run.traces()
+    assert list(back) == ["blm", "cm"] and back["blm"].method == "blm" and back["blm"].streams == 2
+    for name in ("data", "coded_bits", "model_bits", "neural_share", "segment", "position"):
+        assert np.array_equal(getattr(back["blm"], name), getattr(blm, name))
+    assert back["cm"].model_bits is None and back["cm"].total_bits == pytest.approx(cm.total_bits)

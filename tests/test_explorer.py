@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from blm_lab.scoring import analyze_bytes, next_byte_table
-from blm_lab.viz.explorer import EntropyExplorer, make_explorer, save_static_views
+from blm_lab.patching import solve_threshold
+from blm_lab.viz.explorer import HTML_WINDOW, EntropyExplorer, PatchView, make_explorer, save_static_views
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
 
 TEXT = "the cat sat on the mat <&> and the dog sat on the log\n" * 3
@@ -51,11 +52,11 @@ def test_initial_state(model):
 
 
 def test_moving_the_position_redraws(explorer):
-    before_figure, before_info, before_draws = explorer.last_figure, explorer.info.value, explorer.draws
+    before_info, before_draws = explorer.info.value, explorer.draws
     new = 7 if explorer.position.value != 7 else 8
     explorer.position.value = new
     assert explorer.current_position == new and explorer.draws == before_draws + 1
-    assert explorer.last_figure is not before_figure
+    assert explorer.chart.outputs[0]["data"]["text/plain"] == f"next-byte chart at {new}"
     expected = next_byte_table(explorer.analysis, new, explorer.top_k.value)["probability"].to_numpy()
     np.testing.assert_allclose(bar_heights(explorer), expected, rtol=1e-6)
     assert explorer.info.value != before_info and f"byte <b>{new}</b>" in explorer.info.value
@@ -147,3 +148,21 @@ def test_save_static_views(explorer, model, tmp_path):
     bare = analyze_bytes(model, "tiny input")
     paths = save_static_views(bare, tmp_path / "bare", position=3)
     assert (tmp_path / "bare" / "next_byte_3.png").is_file() and len(paths) == 4
+
+
+def test_patch_view_solves_the_threshold_on_each_change(explorer):
+    view = PatchView(explorer.analysis, target_mean=4.0)
+    solved = solve_threshold(explorer.analysis.entropy_nats, 4.0, "global")
+    assert view.solution.threshold == solved.threshold
+    assert view.html.value.count("blm-patch") == int(solved.patching.mask[:HTML_WINDOW].sum())
+    assert f"{solved.threshold:.4f} nats" in view.info.value
+    view.target.value = 8.0
+    assert view.solution.mean_length > 6 and view.html.value.count("blm-patch") < int(solved.patching.mask[:HTML_WINDOW].sum())
+    view.rule.value = "combined"
+    view.target.value = 1.0  # the combined rule cannot start patches on two bytes in a row
+    assert view.solution is None and "out of reach" in view.info.value and "achievable means" in view.info.value
+
+
+def test_explorer_shows_a_given_analysis(explorer, model):
+    shown = EntropyExplorer(model, analysis=explorer.analysis)
+    assert shown.analysis is explorer.analysis and "the given analysis" in shown.status.value

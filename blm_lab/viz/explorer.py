@@ -22,6 +22,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
+from matplotlib.figure import Figure
 
 from ..bits import costliest_spans
 from ..data import byte_label
@@ -93,6 +94,7 @@ class EntropyExplorer:
         self.source = ""
         self.current_position: int | None = None
         self.last_figure = None
+        self._chart_axes = None
         self.draws = 0
         self._holding_updates = False
 
@@ -222,7 +224,12 @@ class EntropyExplorer:
                                 f"mean {len(a) / count:.2f} bytes")
 
     def _draw_chart(self) -> None:
-        fig = plot_next_byte(self.analysis, int(self.position.value), top_k=int(self.top_k.value))
+        if self._chart_axes is None:  # one figure, redrawn in place with fixed margins: a layout pass per draw costs more than the chart
+            fig = Figure(figsize=(6.0, 3.6))
+            fig.subplots_adjust(left=0.14, right=0.98, bottom=0.2, top=0.84)
+            self._chart_axes = fig.add_subplot()
+        self._chart_axes.clear()
+        fig = plot_next_byte(self.analysis, int(self.position.value), top_k=int(self.top_k.value), ax=self._chart_axes)
         self.last_figure = fig
         self.draws += 1
         # the PNG goes straight into the Output widget: the same with or without a running kernel
