@@ -14,6 +14,11 @@ from .style import NEWLINE, glyph, hex_colour, text_colour
 __all__ = ["surprisal_html", "HOVER_GUESSES"]
 
 HOVER_GUESSES = 5  # the model's top guesses each byte's hover text lists
+# the hover text drawn by the page itself, not only as the browser's tooltip (which no screenshot shows)
+HOVER_STYLE = ("<style>.blm-surprisal span[title]{position:relative}"
+               ".blm-surprisal span[title]:hover::after{content:attr(title);position:absolute;left:0;top:1.6em;"
+               "z-index:10;white-space:pre;background:#ffffe0;color:#000;border:1px solid #888;padding:2px 4px;"
+               "font:12px sans-serif;box-shadow:1px 1px 3px #888}</style>")
 
 
 def surprisal_html(analysis: ByteAnalysis, start: int = 0, length: int = 2000, vmax: float = 8.0, cmap: str = "Reds",
@@ -64,4 +69,4 @@ def surprisal_html(analysis: ByteAnalysis, start: int = 0, length: int = 2000, v
               f'background:linear-gradient(to right, {scale})"></b> {vmax:g} bits</div>')
     body = ('<div style="font-family:\'DejaVu Sans Mono\',Menlo,Consolas,monospace;font-size:13px;line-height:1.5;'
             f'white-space:pre-wrap;word-break:break-all">{"".join(parts)}</div>')
-    return f'<div class="blm-surprisal">{header}{body}</div>'
+    return f'<div class="blm-surprisal">{HOVER_STYLE}{header}{body}</div>'
