@@ -2,7 +2,7 @@
 
 ``make_explorer(model, text=...)`` analyses the text once (``scoring.analyze_bytes``) and shows:
 the text coloured by surprisal with the current byte outlined, a slider over byte positions, the
-bar chart of the model's top-k guesses for the byte at that position, and a line with the byte, its
+bars of the model's top-k guesses for the byte at that position (HTML), and a line with the byte, its
 surprisal and the entropy of its prediction. Moving a slider only redraws; "Analyze" re-runs the
 model on the (edited) text or on a file.
 
@@ -12,9 +12,7 @@ A notebook cell that ends in the explorer shows it. Without a browser (papermill
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 import os
 from contextlib import contextmanager
@@ -22,7 +20,6 @@ from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..bits import costliest_spans
 from ..data import byte_label
@@ -31,7 +28,7 @@ from ..files import atomic_write, check_input_file
 from ..patching import BLT_THRESHOLD, RULES, patch_starts, solve_threshold
 from ..scoring import ByteAnalysis, analyze_bytes
 from .figures import plot_next_byte, plot_surprisal, plot_surprisal_text, save_figure
-from .html import surprisal_html
+from .html import next_byte_html, surprisal_html
 
 __all__ = ["EntropyExplorer", "make_explorer", "save_static_views", "html_window", "DEFAULT_TEXT", "PatchView"]
 
@@ -59,12 +56,6 @@ def _most_surprising(analysis: ByteAnalysis) -> int:
     return 1 + int(np.argmax(analysis.surprisal[1:]))
 
 
-def _figure_png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 class EntropyExplorer:
     """Widgets over one ``ByteAnalysis``; build it with ``make_explorer``.
 
@@ -74,12 +65,11 @@ class EntropyExplorer:
     at the darkest colour), ``spans`` (Dropdown: the costliest spans; picking one jumps there),
     ``patches`` (Checkbox: overlay BLT global-rule patch boundaries) with ``threshold`` (FloatSlider,
     nats), ``html`` (the coloured text; hover a byte for the model's top guesses), ``info`` (HTML: the
-    byte at ``position``, and the patching's mean length), ``chart`` (Output: the next-byte bar chart)
+    byte at ``position``, and the patching's mean length), ``chart`` (HTML: the next-byte bars)
     and ``widget`` (the VBox holding them all).
 
     State: ``analysis`` (the current ByteAnalysis), ``current_position`` (the position last drawn),
-    ``boundaries`` ((N,) bool patch starts, or None), ``last_figure`` (the last next-byte figure) and
-    ``draws`` (how many times the chart was drawn). A redraw touches only the window of text around
+    ``boundaries`` ((N,) bool patch starts, or None) and ``draws`` (how many times the chart was drawn). A redraw touches only the window of text around
     the position and one chart, so its cost does not grow with the file (benchmarks/bench_explorer.py).
     """
 
@@ -93,8 +83,6 @@ class EntropyExplorer:
         self.boundaries: np.ndarray | None = None
         self.source = ""
         self.current_position: int | None = None
-        self.last_figure = None
-        self._chart_axes = None
         self.draws = 0
         self._holding_updates = False
 
@@ -118,7 +106,7 @@ class EntropyExplorer:
                                              continuous_update=False, readout_format=".2f")
         self.info = widgets.HTML()
         self.html = widgets.HTML(layout=widgets.Layout(width="58%", max_height="32em", overflow="auto"))
-        self.chart = widgets.Output(layout=widgets.Layout(width="42%"))
+        self.chart = widgets.HTML(layout=widgets.Layout(width="42%"))
         self.widget = widgets.VBox([
             self.text,
             widgets.HBox([self.file, self.analyze_button]),
@@ -224,17 +212,9 @@ class EntropyExplorer:
                                 f"mean {len(a) / count:.2f} bytes")
 
     def _draw_chart(self) -> None:
-        if self._chart_axes is None:  # one figure, redrawn in place with fixed margins: a layout pass per draw costs more than the chart
-            fig = Figure(figsize=(6.0, 3.6))
-            fig.subplots_adjust(left=0.14, right=0.98, bottom=0.2, top=0.84)
-            self._chart_axes = fig.add_subplot()
-        self._chart_axes.clear()
-        fig = plot_next_byte(self.analysis, int(self.position.value), top_k=int(self.top_k.value), ax=self._chart_axes)
-        self.last_figure = fig
+        # HTML bars, not a matplotlib PNG: rendering a figure took most of a redraw's 200 ms budget
+        self.chart.value = next_byte_html(self.analysis, int(self.position.value), top_k=int(self.top_k.value))
         self.draws += 1
-        # the PNG goes straight into the Output widget: the same with or without a running kernel
-        self.chart.outputs = ({"output_type": "display_data", "metadata": {},
-                               "data": {"image/png": _figure_png(fig), "text/plain": f"next-byte chart at {self.current_position}"}},)
 
     # ------------------------------------------------------------------ observers
 

@@ -8,10 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..data import byte_label
-from ..scoring import ByteAnalysis
+from ..scoring import ByteAnalysis, next_byte_table
 from .style import NEWLINE, glyph, hex_colour, text_colour
 
-__all__ = ["surprisal_html", "HOVER_GUESSES"]
+__all__ = ["surprisal_html", "next_byte_html", "HOVER_GUESSES"]
 
 HOVER_GUESSES = 5  # the model's top guesses each byte's hover text lists
 # the hover text drawn by the page itself, not only as the browser's tooltip (which no screenshot shows)
@@ -70,3 +70,32 @@ def surprisal_html(analysis: ByteAnalysis, start: int = 0, length: int = 2000, v
     body = ('<div style="font-family:\'DejaVu Sans Mono\',Menlo,Consolas,monospace;font-size:13px;line-height:1.5;'
             f'white-space:pre-wrap;word-break:break-all">{"".join(parts)}</div>')
     return f'<div class="blm-surprisal">{HOVER_STYLE}{header}{body}</div>'
+
+
+def next_byte_html(analysis: ByteAnalysis, position: int, top_k: int = 10, context: int = 24) -> str:
+    """The model's ``top_k`` guesses for byte ``position`` as horizontal HTML bars (the explorer's chart).
+
+    One ``<div class="blm-bar">`` per guess, most probable first, carrying ``data-byte`` and
+    ``data-p`` (its probability); the actual byte's bar is orange and has ``data-actual``. A title line
+    gives the bytes before, the actual byte, its surprisal and rank, and the entropy. Text, not an
+    image: a redraw costs about a millisecond (the PNG twin is ``figures.plot_next_byte``).
+    """
+    table = next_byte_table(analysis, position, top_k)
+    t = int(position)
+    actual = analysis.data[t]
+    before = analysis.data[max(0, t - int(context)):t].decode("utf-8", errors="replace")
+    scale = max(float(table["probability"].max()), 1e-12)
+    rows = []
+    for byte, label, p, hit in zip(table["byte"], table["label"], table["probability"], table["is_actual"]):
+        colour = "#ff7f0e" if hit else "#1f77b4"
+        rows.append(f'<div class="blm-bar" data-byte="{int(byte)}" data-p="{p:.9g}"{" data-actual" if hit else ""} '
+                    'style="display:flex;align-items:center;gap:6px;height:18px">'
+                    f'<code style="width:5em;text-align:right">{html.escape(label)}</code>'
+                    f'<span style="display:inline-block;height:12px;width:{300 * p / scale:.1f}px;background:{colour}"></span>'
+                    f"<span>{p:.3f}</span></div>")
+    note = "" if table["is_actual"].any() else (f'<div style="color:#ff7f0e">actual {html.escape(byte_label(actual))} not in '
+                                                f"the top {len(table)}: rank {int(analysis.rank[t])}</div>")
+    title = (f"<div><b>byte {t}</b> after <code>{html.escape(repr(before))}</code>: actual "
+             f"<code>{html.escape(byte_label(actual))}</code>, {analysis.surprisal[t]:.2f} bits, "
+             f"entropy {analysis.entropy[t]:.2f} bits</div>")
+    return f'<div class="blm-bars" style="font:12px sans-serif">{title}{"".join(rows)}{note}</div>'
