@@ -8,19 +8,21 @@ Measures, on the first ``--bytes`` of ``--file`` (default: the Canterbury large 
 * the peak resident memory the analysis added (ru_maxrss before and after: the process's high-water
   mark, so run this script alone) and the bytes the ByteAnalysis keeps;
 * the explorer's redraws on that analysis: a position change (coloured text window, info line,
-  next-byte chart), a threshold change with patch boundaries on, and a vmax change; median and max
-  over ``--redraws`` random positions.
+  next-byte bars), a threshold change with patch boundaries on, and a vmax change; median and max
+  over ``--redraws`` random positions; and the load average, since the machine is shared.
 
 The model is the ``cpu`` recipe's shape (``training.config.recipe("cpu")``) with the weights of
 ``--checkpoint`` when given, else random ones (the time and memory of a pass do not depend on the
 weights; patch figures do, so they are printed only with a checkpoint).
 
-    PYTHONPATH=. python benchmarks/bench_explorer.py --bytes 1000000
+    PYTHONPATH=. python benchmarks/bench_explorer.py --bytes 50000                 # recipe model: speed of the pass
+    PYTHONPATH=. python benchmarks/bench_explorer.py --bytes 1000000 --model tiny   # 1 MB: memory and redraws
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from blm_lab.checkpoint import load_checkpoint
-from blm_lab.gpt import BytesGPT
+from blm_lab.gpt import BytesGPT, BytesGPTConfig
 from blm_lab.patching import patch_table, solve_rules
 from blm_lab.scoring import analyze_bytes
 from blm_lab.training.config import recipe
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, default=1_000_000)
     parser.add_argument("--file", default="", help="default: the Canterbury large texts, concatenated")
     parser.add_argument("--checkpoint", default="", help="a trained model (default: the cpu recipe, random weights)")
+    parser.add_argument("--model", choices=("cpu", "tiny"), default="cpu",
+                        help="tiny: 1 layer, 32 wide, block 16, for redraw and memory figures on a big file quickly")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--redraws", type=int, default=20)
     parser.add_argument("--target", type=float, default=4.5, help="mean patch length the rules are solved for")
@@ -77,11 +81,12 @@ def main() -> None:
         model, _ = load_checkpoint(args.checkpoint, device="cpu")
     else:
         torch.manual_seed(0)
-        model = BytesGPT(recipe("cpu")[1])
+        model = BytesGPT(recipe("cpu")[1] if args.model == "cpu" else
+                         BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
     model.eval()
     data = load_text(args.file, args.bytes)
     cfg = model.config
-    print(f"model: {'checkpoint ' + args.checkpoint if args.checkpoint else 'cpu recipe, random weights'} "
+    print(f"model: {'checkpoint ' + args.checkpoint if args.checkpoint else args.model + ' shape, random weights'} "
           f"({cfg.n_layer} layers, {cfg.n_embd} wide, block {cfg.block_size}, {model.num_params():,} parameters); "
           f"{len(data):,} bytes; {torch.get_num_threads()} threads")
 
@@ -112,6 +117,7 @@ def main() -> None:
         times["position"].append(timed(setattr, explorer.position, "value", int(position))[1])
         times["threshold (boundaries on)"].append(timed(setattr, explorer.threshold, "value", 0.5 + 0.1 * (i % 30))[1])
         times["vmax"].append(timed(setattr, explorer.vmax, "value", 4.0 + 0.5 * (i % 8))[1])
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name, values in times.items():
         print(f"redraw on {name} change: median {1e3 * statistics.median(values):.0f} ms, "
               f"max {1e3 * max(values):.0f} ms over {len(values)}")

@@ -17,7 +17,8 @@ HOVER_GUESSES = 5  # the model's top guesses each byte's hover text lists
 # the hover text drawn by the page itself, not only as the browser's tooltip (which no screenshot shows)
 HOVER_STYLE = ("<style>.blm-surprisal span[title]{position:relative}"
                ".blm-surprisal span[title]:hover::after{content:attr(title);position:absolute;left:0;top:1.6em;"
-               "z-index:10;white-space:pre;background:#ffffe0;color:#000;border:1px solid #888;padding:2px 4px;"
+               "z-index:10;width:24em;white-space:normal;word-break:normal;background:#ffffe0;color:#000;"
+               "border:1px solid #888;padding:2px 4px;"
                "font:12px sans-serif;box-shadow:1px 1px 3px #888}</style>")
 
 
