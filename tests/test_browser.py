@@ -57,8 +57,23 @@ def api(base: str, token: str, path: str, method: str = "GET"):
     return json.loads(body) if body else None
 
 
+def fit_briefly(model, data: bytes, steps: int = 400) -> None:
+    """A few AdamW steps on random 17-byte windows of ``data`` (seeded): a model that has seen text."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        starts = torch.randint(0, x.numel() - 17, (32,), generator=generator)
+        windows = torch.stack([x[s:s + 17] for s in starts.tolist()])  # (32, 17)
+        _, loss = model(windows[:, :-1], windows[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
 @contextmanager
-def jupyter_lab(tmp_path, parameters: dict):
+def jupyter_lab(tmp_path, parameters: dict, train_on: bytes | None = None):
     """JupyterLab serving tmp_path/root (a copy of the entropy notebook with ``parameters``); yields (url, token, root, home)."""
     missing = None
     try:
@@ -77,8 +92,10 @@ def jupyter_lab(tmp_path, parameters: dict):
     root.mkdir()
     torch.manual_seed(0)
     config = BytesGPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32)
-    checkpoint = save_checkpoint(tmp_path / "tiny.pt", {"config": config.to_dict(),
-                                                        "model_state": BytesGPT(config).state_dict()})
+    model = BytesGPT(config)
+    if train_on is not None:  # a few steps, so that entropies differ from byte to byte (and patches have lengths)
+        fit_briefly(model, train_on)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", {"config": config.to_dict(), "model_state": model.state_dict()})
     # papermill's prepare_only writes the copy with an injected-parameters cell and no outputs
     pm.execute_notebook(str(runner.notebooks_dir() / NOTEBOOK), str(root / NOTEBOOK), prepare_only=True,
                         kernel_name=runner.ensure_kernel(), progress_bar=False,
@@ -137,7 +154,7 @@ def big_lab(tmp_path):
     texts = b"".join((CANTERBURY / name).read_bytes() for name in ("alice29.txt", "asyoulik.txt", "lcet10.txt"))
     big = tmp_path / "big.txt"
     big.write_bytes((texts * (BIG_BYTES // len(texts) + 1))[:BIG_BYTES])
-    with jupyter_lab(tmp_path, {"file": str(big), "max_bytes": BIG_BYTES}) as served:
+    with jupyter_lab(tmp_path, {"file": str(big), "max_bytes": BIG_BYTES}, train_on=texts) as served:
         yield served
 
 
@@ -226,11 +243,19 @@ def test_explorer_on_a_megabyte_with_hover_and_patches(big_lab, tmp_path):
             patch = explorer.locator(".blm-surprisal span.blm-patch").first
             patch.wait_for()
             page.get_by_text("| Idle").first.wait_for()
-            assert explorer.locator(".blm-surprisal span.blm-patch").count() > 10
+            explorer.locator(".widget-slider").nth(3).locator(".noUi-handle").click()  # θ: up 24 steps of 0.05 nats
+            for _ in range(24):
+                page.keyboard.press("ArrowRight")
+            page.wait_for_function("sel => /θ = 2\\.5/.test(document.querySelector(sel).innerText)",
+                                   arg=f"{PANEL} .widget-vbox")
+            page.get_by_text("| Idle").first.wait_for()
+            marked = explorer.locator(".blm-surprisal span.blm-patch").count()
+            shown = explorer.locator(".blm-surprisal span[data-pos]").count()
+            assert 10 < marked < shown  # some bytes open a patch, not all
             assert "patches (global rule" in explorer.inner_text()
             assert f"of {BIG_BYTES}" in explorer.locator(".blm-surprisal").first.inner_text()
 
-            target = explorer.locator(".blm-surprisal span[data-pos]").nth(200)
+            target = explorer.locator(".blm-surprisal br + span[data-pos]").nth(4)  # at a line's start: room on the right
             target.scroll_into_view_if_needed()
             target.hover()
             hover = target.evaluate("el => getComputedStyle(el, '::after').content")
