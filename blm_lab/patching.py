@@ -194,9 +194,12 @@ def patching(entropy_nats, surprisal_bits=None, rule: str = "global", threshold:
 
 
 def fixed_stride(n: int, mean_length: float, surprisal_bits=None) -> Patching:
-    """The baseline: a patch every ``round(mean_length)`` bytes (at least 1), so its mean matches a patching's."""
-    stride = max(1, int(round(mean_length))) if n else 1
-    starts = np.arange(0, n, stride, dtype=np.int64)
+    """The baseline: as many patches as a mean of ``mean_length`` gives, evenly spaced (starts at
+    floor(k * stride), stride = n / count), so the mean is a patching's own even when it is not a whole
+    number of bytes (a mean of 4.5 is patches of 4 and 5 in turn). ``threshold`` holds the stride."""
+    count = min(n, max(1, int(round(n / mean_length)))) if n and mean_length > 0 else 0
+    stride = n / count if count else 0.0
+    starts = (np.arange(count, dtype=np.int64) * n) // max(count, 1)  # exact integer floor(k * n / count)
     return _measure("fixed", float(stride), None, None, int(n), starts, surprisal_bits)
 
 

@@ -61,7 +61,9 @@ def test_fixed_stride_matches_a_mean_length():
     base = fixed_stride(8, 2.0, np.arange(8.0))
     assert base.starts.tolist() == [0, 2, 4, 6] and base.mean_length == 2.0
     assert base.bits.tolist() == [1.0, 5.0, 9.0, 13.0]
-    assert fixed_stride(10, 2.6).starts.tolist() == [0, 3, 6, 9]
+    uneven = fixed_stride(9, 4.5)  # two patches of 4 and 5 bytes: the same mean, not a stride of 4
+    assert uneven.starts.tolist() == [0, 4] and uneven.mean_length == 4.5 and uneven.threshold == 4.5
+    assert fixed_stride(10, 2.6).starts.tolist() == [0, 2, 5, 7]  # 4 patches: stride 2.5
 
 
 def test_solver_finds_the_known_threshold():

@@ -327,7 +327,7 @@ def plot_patches(patchings):
         top, bottom = axes[0, column], axes[1, column]
         longest = int(max(rule.lengths.max(initial=1), fixed.lengths.max(initial=1)))
         edges = np.arange(0.5, min(longest, 64) + 1.5)
-        top.hist([rule.lengths, fixed.lengths], bins=edges, label=[rule.rule, f"fixed stride {fixed.threshold:g}"],
+        top.hist([rule.lengths, fixed.lengths], bins=edges, label=[rule.rule, f"fixed stride {fixed.threshold:.3g}"],
                  color=["tab:blue", "tab:gray"])
         top.set_title(f"{rule.rule}: {rule.count:,} patches, mean {rule.mean_length:.2f}, median {rule.median_length:g}",
                       fontsize=9)
