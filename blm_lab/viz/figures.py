@@ -336,7 +336,7 @@ def plot_patches(patchings):
         if rule.bits is not None and fixed.bits is not None and rule.count:
             bottom.hist([rule.bits, fixed.bits], bins=40, label=[rule.rule, "fixed stride"], color=["tab:blue", "tab:gray"])
             bottom.set_title(f"bits per patch: sd {rule.bits.std():.1f} ({fixed.bits.std():.1f} fixed); on first bytes "
-                             f"{100 * rule.first_byte_share:.1f}% ({100 * fixed.first_byte_share:.1f}%)", fontsize=9)
+                             f"{100 * rule.first_byte_share:.1f}% ({100 * fixed.first_byte_share:.1f}%)", fontsize=8)
         bottom.set_xlabel("model bits per patch")
     axes[0, 0].set_ylabel("patches")
     axes[1, 0].set_ylabel("patches")
