@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -174,7 +175,8 @@ def test_every_figure_is_saved(pipeline):
     run_dir, _ = pipeline
     figures = run_dir / RunDir.FIGURES
     expected = ["byte_histogram", "classic_bits_per_byte", "loss_curve", "surprisal_vs_entropy", "surprisal_rolling",
-                "next_byte", "bits_per_byte", "explorer/surprisal", "explorer/surprisal_text"]
+                "next_byte", "bits_per_byte", "explorer/surprisal", "explorer/surprisal_text", "patches", "bits_by_kind",
+                "bits_along"]
     for name in expected:
         path = figures / f"{name}.png"
         assert path.is_file(), f"missing figure {path}"
@@ -183,7 +185,7 @@ def test_every_figure_is_saved(pipeline):
     shown = {name: sum("image/png" in o.get("data", {}) for c in read(run_dir / name).cells if c.cell_type == "code"
                        for o in c.outputs) for name in runner.NOTEBOOKS}
     assert shown == {"01_data_prep.ipynb": 2, "02_train_gpu.ipynb": 1, "03_entropy_visualization.ipynb": 3,
-                     "04_compression_ratios.ipynb": 1}
+                     "04_compression_ratios.ipynb": 1, "05_bits_and_patches.ipynb": 3}
 
 
 def test_entropy_notebook_keeps_the_explorer(pipeline):
@@ -214,6 +216,50 @@ def test_compression_table_has_every_compressor_verified(pipeline):
     assert set(summary.compressed_bits_per_byte) == names
     assert summary.compressed_bits_per_byte["blm"] == pytest.approx(blm["bits_per_byte"])
     assert summary.neural.adjusted_bits_per_byte == pytest.approx(blm["adjusted_bits_per_byte"])
+
+
+def test_bits_and_patches_notebook_records_its_figures(pipeline):
+    run_dir, summary = pipeline
+    lab = RunDir(run_dir).lab_record()
+    assert lab is not None and summary.lab == lab
+    assert lab.bytes == TINY_PARAMS["max_bytes"] and "validation split (held out)" in lab.measured_on
+    rules = [row["rule"] for row in lab.patches]
+    assert rules == ["global", "fixed", "monotonic", "fixed", "combined", "fixed"]
+    for row in lab.patches:
+        assert row["patches"] * row["mean_length"] == pytest.approx(lab.bytes)
+    assert abs(lab.patches[0]["mean_length"] - 4.5) < 1.0  # the solved global threshold lands near the target
+    assert 0 < lab.patches[0]["first_byte_share"] < 1
+    # without 04's traces (the codec on this branch records none) the model's surprisal stands in
+    traced = RunDir(run_dir).traces()
+    assert lab.traced_bytes == (len(next(iter(traced.values())).data) if traced else None)
+    sources = list(lab.bits_by_kind)
+    assert sources and lab.bits_by_kind[sources[0]]["all"] > 0
+    if not traced:
+        assert lab.bits_by_kind[sources[0]]["all"] == pytest.approx(lab.model_bits_per_byte)
+    nb = read(run_dir / "05_bits_and_patches.ipynb")
+    views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views, "the patch view widget was not displayed"
+
+
+def test_bits_and_patches_compares_a_checkpoint_and_reports_an_empty_input(pipeline, tmp_path):
+    run_dir = tmp_path / "run"  # a copy: the shared run directory stays as the pipeline left it
+    shutil.copytree(pipeline[0], run_dir)
+    ckpt = str(RunDir(run_dir).checkpoint())
+    declared = runner.notebook_parameters(["05_bits_and_patches.ipynb"])
+    runner.run_notebook("05_bits_and_patches.ipynb", run_dir, {"run_dir": str(run_dir), "compare_checkpoint": ckpt,
+                                                               "max_bytes": 256}, declared["05_bits_and_patches.ipynb"])
+    lab = RunDir(run_dir).lab_record()
+    assert lab.compare_checkpoint == ckpt and lab.compare_net_bits == pytest.approx(0.0, abs=1e-6)  # itself: no difference
+    assert (run_dir / "figures" / "checkpoint_difference.png").is_file()
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    runner.run_notebook("05_bits_and_patches.ipynb", run_dir, {"run_dir": str(run_dir), "file": str(empty)},
+                        declared["05_bits_and_patches.ipynb"])
+    text = "".join(o.get("text", "") for c in read(run_dir / "05_bits_and_patches.ipynb").cells
+                   if c.cell_type == "code" for o in c.outputs)
+    assert "is empty: nothing to patch" in text
+    assert RunDir(run_dir).lab_record().bytes == 0
 
 
 # ----------------------------------------------------------------------------- a sweep over two tiny models
