@@ -101,6 +101,35 @@ class Norm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, NORM_EPS)
 
 
+WINDOW_CHUNK = 64  # window_logits' default chunk, in block sizes: its history is recomputed once per chunk
+
+
+def banded_attention(q, k, v, window: int):
+    """Causal attention in which position t sees only t-window+1 .. t, in time and memory linear in T.
+
+    q, k, v: (B, nh, T, hs). The queries are cut into blocks of ``window``; block b attends to its own
+    keys and block b-1's under one (window, 2 window) band mask, so nothing of size T^2 is built.
+    """
+    B, nh, T, hs = q.shape
+    W = window
+    nb = -(-T // W)
+    pad = nb * W - T  # padded positions come after every real query, so the band hides them
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    qb, kb, vb = (t.view(B, nh, nb, W, hs) for t in (q, k, v))  # (B, nh, nb, W, hs)
+    keys = torch.cat([F.pad(kb, (0, 0, 0, 0, 1, 0))[:, :, :-1], kb], dim=3)  # (B, nh, nb, 2W, hs): block b-1, then b
+    values = torch.cat([F.pad(vb, (0, 0, 0, 0, 1, 0))[:, :, :-1], vb], dim=3)  # (B, nh, nb, 2W, hs)
+    i = torch.arange(W, device=q.device)[:, None]  # query offset in its block
+    j = torch.arange(2 * W, device=q.device)[None, :]  # key offset from the previous block's start
+    band = (j > i) & (j <= i + W)  # (W, 2W): key position in (t - W, t]
+    mask = band.expand(nb, W, 2 * W).clone()  # (nb, W, 2W)
+    mask[0, :, :W] = False  # block 0 has no previous block
+    # 4-d, blocks in the batch dimension: (B * nb, nh, W or 2W, hs), so SDPA takes its fused kernel
+    qb, keys, values = (t.transpose(1, 2).reshape(B * nb, nh, -1, hs) for t in (qb, keys, values))
+    y = F.scaled_dot_product_attention(qb, keys, values, attn_mask=mask.repeat(B, 1, 1)[:, None])  # (B*nb, nh, W, hs)
+    return y.view(B, nb, nh, W, hs).transpose(1, 2).reshape(B, nh, nb * W, hs)[:, :, :T]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: BytesGPTConfig, first_layer: bool = False):
         super().__init__()
@@ -129,16 +158,16 @@ class CausalSelfAttention(nn.Module):
             v = v + self.v_mix * (v_first - v)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
-    def forward(self, x, cos, sin, attn_mask=None, v_first=None):
-        """Full-sequence attention. x: (B, T, C). attn_mask None means plain causal. Returns (y, values)."""
+    def forward(self, x, cos, sin, window=None, v_first=None):
+        """Full-sequence attention. x: (B, T, C). window None means plain causal; an int W means each
+        position attends to the W positions ending at itself (the rolling cache's view). Returns (y, values)."""
         B, T, C = x.shape
         q, k, v = self._qkv(x, cos, sin, v_first)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=attn_mask is None,
-        )  # (B, nh, T, hs)
+        if window is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)  # (B, nh, T, hs)
+        else:
+            y = banded_attention(q, k, v, window)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), v
 
@@ -178,8 +207,8 @@ class Block(nn.Module):
         self.ln_2 = Norm(config.n_embd, config.norm, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, attn_mask=None, v_first=None):
-        y, v = self.attn(self.ln_1(x), cos, sin, attn_mask, v_first)
+    def forward(self, x, cos, sin, window=None, v_first=None):
+        y, v = self.attn(self.ln_1(x), cos, sin, window, v_first)
         x = x + y
         return x + self.mlp(self.ln_2(x)), v
 
@@ -265,13 +294,14 @@ class BytesGPT(nn.Module):
         This is the computation the rolling KV cache does, in parallel: at every layer position t
         attends to positions t-block_size+1 .. t. A layer's key at position j depends on the layer
         below at j-block_size+1 .. j, so the receptive field of the top layer reaches back
-        n_layer * (block_size - 1) bytes; each chunk of ``chunk`` queries (default 8 * block_size) is
-        run with that much history under a banded causal mask, which makes the result agree with
-        step() within float tolerance. Memory is O((chunk + n_layer * block_size)^2) per chunk.
+        n_layer * (block_size - 1) bytes; each chunk of ``chunk`` queries (default ``WINDOW_CHUNK *
+        block_size``) is run with that much history under banded attention (``banded_attention``), which
+        makes the result agree with step() within float tolerance. Time and memory are linear in the
+        chunk plus its history; the history is recomputed once per chunk.
         """
         B, N = idx.shape
         W = self.config.block_size
-        chunk = chunk or 8 * W
+        chunk = chunk or WINDOW_CHUNK * W
         history = self.config.n_layer * (W - 1)
         out = []
         for s in range(0, N, chunk):
@@ -279,17 +309,13 @@ class BytesGPT(nn.Module):
             ctx = max(0, s - history)
             seq = idx[:, ctx:e]  # (B, L) keys: history then the chunk's queries
             L, Q = e - ctx, e - s
-            k_pos = torch.arange(ctx, e, device=idx.device)[None, :]  # (1, L)
             x = self.transformer.wte(seq)  # (B, L, C)
             cos, sin = rotary_cos_sin(torch.arange(ctx, e, device=idx.device), self.head_size, self.config.rope_base, x.dtype)
-            # the whole (B, L) span runs with a banded causal (L, L) mask; the chunk's last Q rows are kept
-            q_pos = k_pos.T  # (L, 1)
-            band = (k_pos <= q_pos) & (k_pos > q_pos - W)  # (L, L) True = may attend
             v_first = None
             for block in self.transformer.h:
-                x, v = block(x, cos, sin, attn_mask=band, v_first=v_first)
+                x, v = block(x, cos, sin, window=W, v_first=v_first)
                 v_first = v if v_first is None else v_first
-            logits = self.lm_head(self.transformer.ln_f(x[:, L - Q:]))  # (B, Q, V)
+            logits = self.lm_head(self.transformer.ln_f(x[:, L - Q:]))  # (B, Q, V): the chunk's last Q rows
             out.append(logits)
         return torch.cat(out, dim=1) if out else idx.new_zeros((B, 0, self.config.vocab_size), dtype=torch.float32)
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import as_byte_array, byte_label
+from .gpt import WINDOW_CHUNK
 
 __all__ = ["LN2", "UNIFORM_BITS", "TOP_K", "bits_per_byte", "sum_bits", "byte_log_probs", "ByteAnalysis", "analyze_bytes",
            "next_byte_table", "window_bits"]
@@ -135,9 +136,9 @@ def analyze_bytes(model, data, max_bytes: int | None = None, device=None, chunk:
 
     data: bytes, str (UTF-8) or a uint8 array; only the first ``max_bytes`` are used when given; no
     bytes give an empty analysis. device: where to run; default the model's own device (the model is
-    moved there otherwise). chunk: predicted positions per model pass (default 8 * block_size); each
-    pass re-reads the ``n_layer * (block_size - 1)`` bytes of history the sliding window needs, and
-    its memory grows with the square of the two. Only a pass's distributions are held at once, so
+    moved there otherwise). chunk: predicted positions per model pass (default ``gpt.WINDOW_CHUNK *
+    block_size``); each pass re-reads the ``n_layer * (block_size - 1)`` bytes of history the sliding
+    window needs, and its memory grows linearly with the two. Only a pass's distributions are held at once, so
     memory is the kept figures (about 100 bytes a byte) plus one pass.
     The model runs in eval mode under ``torch.no_grad``; its train/eval mode is restored afterwards.
     """
@@ -163,7 +164,7 @@ def analyze_bytes(model, data, max_bytes: int | None = None, device=None, chunk:
     model.eval()
     try:
         with torch.no_grad():
-            piece = chunk or 8 * max(1, block_size)
+            piece = chunk or WINDOW_CHUNK * max(1, block_size)
             history = model.config.n_layer * (block_size - 1) if n > 1 else 0
             for s in range(1, n, piece):  # bytes s..e-1, predicted by the logits at s-1..e-2
                 e = min(n, s + piece)
