@@ -17,6 +17,7 @@ from blm_lab.training.loop import train
 from blm_lab.viz.figures import LiveLossPlot
 from blm_lab.workbench import runner
 from blm_lab.workbench.rundir import RunDir
+from conftest import REPO_ROOT
 
 
 @pytest.mark.parametrize("text, value", [
@@ -49,13 +50,13 @@ def test_check_parameters_names_the_valid_ones():
 
 
 def test_notebooks_declare_the_documented_parameters():
-    declared = runner.notebook_parameters(runner.NOTEBOOKS)
+    declared = runner.notebook_parameters(runner.NOTEBOOKS, REPO_ROOT / "notebooks")  # this checkout's notebooks
     expected = {
         "01_data_prep.ipynb": {"data_dir", "val_fraction", "block_size", "run_dir"},
         "02_train_gpu.ipynb": {"device", "amp", "n_layer", "n_head", "n_embd", "block_size", "mlp", "norm", "qk_norm",
                                "tie_embeddings", "value_residual", "dropout", "optimizer", "lr", "muon_lr", "schedule",
                                "decay_fraction", "warmup_steps", "weight_decay", "batch_size", "max_steps",
-                               "time_budget", "eval_interval", "nproc", "run_dir"},
+                               "time_budget", "eval_interval", "nproc", "seed", "run_dir"},
         "03_entropy_visualization.ipynb": {"checkpoint", "text", "file", "max_bytes", "position", "device", "run_dir"},
         "04_compression_ratios.ipynb": {"checkpoint", "files", "segments", "max_bytes", "device", "run_dir"},
     }
