@@ -184,3 +184,25 @@ def test_watch_prints_each_evaluation_and_the_points_progress(tmp_path):
     assert len(lines) == 3
     assert describe_record({**record, "train_bpb": None, "fraction_done": None}) == \
         "step 100, train -, validation 3.500 bits/byte, 12.3k tokens/s"
+
+
+@pytest.mark.slow  # a 1-worker cluster whose worker dies twice: about 10 s
+def test_a_point_whose_worker_dies_twice_is_failed_and_the_others_go_on():
+    with engines.Dask.local(1, gpus=[]) as engine:
+        # the task kills its own worker; the nanny starts a new one, which the retry kills again
+        die = lambda task, where: os._exit(1) if task == "dies" else task  # noqa: E731
+        outcomes = engine.map(die, ["dies", "lives"], ["dies", "lives"])
+    assert isinstance(outcomes[0], engines.Outcome) and outcomes[0].error.startswith("its worker died 2 times")
+    assert outcomes[1] == "lives"
+
+
+def test_runs_under_a_time_budget_on_different_hardware_are_flagged():
+    table = pd.DataFrame({"hardware": ["NVIDIA H100", "cpu x2 threads", None], "time_budget": [60.0, 60.0, None]})
+    runner._flag_incomparable(table)
+    assert list(table["comparable"]) == [False, False, False]
+    same = pd.DataFrame({"hardware": ["NVIDIA H100", "NVIDIA H100"], "time_budget": [60.0, 60.0]})
+    runner._flag_incomparable(same)
+    assert "comparable" not in same
+    fixed_steps = pd.DataFrame({"hardware": ["NVIDIA H100", "cpu x2 threads"], "time_budget": [0.0, 0.0]})
+    runner._flag_incomparable(fixed_steps)  # the same steps everywhere: comparable
+    assert "comparable" not in fixed_steps

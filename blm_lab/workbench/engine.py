@@ -140,8 +140,10 @@ class Dask:
         gpus = visible_gpus() if gpus is None else list(gpus)
         environments = worker_environments(workers, gpus, _cpu_count())
         # the scheduler runs in this process: a task whose worker dies comes back to map() at once,
-        # which runs it once more itself (the same rule for a cluster that is not ours)
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        # which runs it once more itself (the same rule for a cluster that is not ours); and a worker holds
+        # only the task it runs, so that its death takes no waiting task with it
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                              "distributed.scheduler.worker-saturation": 1.0}):
             cluster = LocalCluster(n_workers=len(environments), threads_per_worker=1, processes=True,
                                    dashboard_address=":0", memory_limit=0, silence_logs=40)
         what = (f"{len(environments)} local workers, one GPU each" if gpus else

@@ -269,6 +269,12 @@ def sweep(points: list[dict], params: Mapping | None = None, root: str | os.Path
     threads it ran on; the curves (``sweep_curves.csv``) every validation point of every run, against
     minutes, training tokens and training FLOPs. ``viz.figures.plot_sweep`` draws them.
     """
+    with engine or Sequential() as engine:  # a cluster is closed whatever happens; connected before anything is written
+        return _sweep(points, params, root, notebook_dir, kernel_name, progress, force, compress, engine, seeds, resume)
+
+
+def _sweep(points: list[dict], params, root, notebook_dir, kernel_name, progress: bool, force: bool, compress: bool,
+           engine, seeds: int, resume: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     params = dict(params or {})
     if not points:
         raise ConfigError("the sweep has no points; give --grid NAME=V1,V2,... or a --plan with points")
@@ -290,38 +296,42 @@ def sweep(points: list[dict], params: Mapping | None = None, root: str | os.Path
     if resume and root is None:
         raise ConfigError("--resume needs --run-dir: the sweep directory to finish")
 
-    with engine or Sequential() as engine:  # connects (or starts a cluster) before anything is written
-        root = _resumed_dir(root, plan) if resume else _fresh_dir(root or default_run_dir("sweep"), force,
-                                                                     "sweep directory")
+    root = _resumed_dir(root, plan) if resume else _fresh_dir(root or default_run_dir("sweep"), force,
+                                                                 "sweep directory")
+    try:
         engine.check_shared(root)
-        _write_plan(root, plan)
-        if progress:
-            _say(f"sweep of {len(runs)} runs on {engine.description}, in {root}")
-            if engine.dashboard:
-                _say(f"Dask dashboard: {engine.dashboard}")
-        data_dir = root / DATA_DIR
-        if not (resume and _finished(data_dir)):
-            data_dir.mkdir(exist_ok=True)
-            first = _point_task(data_dir, {k: v for k, v in params.items() if k in declared[NOTEBOOKS[0]]},
-                                NOTEBOOKS[:1], declared, notebook_dir, kernel_name)
-            outcome = engine.map(run_point, [first], [DATA_DIR])[0]
-            if _failed(outcome):
-                raise BlmError(f"{NOTEBOOKS[0]} failed for the sweep: {_error(outcome)}")
-        todo = [run for run in runs if not (resume and _finished(root / run["name"]))]
-        tasks = []
-        for run in todo:
-            run_dir = root / run["name"]
-            run_dir.mkdir(exist_ok=True)
-            (run_dir / POINT_STATE).unlink(missing_ok=True)
-            for file in (RunDir.CORPUS, RunDir.MANIFEST):
-                shutil.copy2(data_dir / file, run_dir / file)
-            tasks.append(_point_task(run_dir, run["params"], notebooks, declared, notebook_dir, kernel_name))
-        watched = {run["name"]: root / run["name"] for run in runs}
-        with Watch(watched, _say, states=True) if progress else contextlib.nullcontext():
-            outcomes = engine.map(run_point, tasks, [run["name"] for run in todo])
-        for run, outcome in zip(todo, outcomes):
-            if isinstance(outcome, Outcome):  # the engine gave up on it: say so where the row is read
-                _write_state(root / run["name"], {"state": "failed", "error": outcome.error, **outcome.where})
+    except BlmError:
+        if not resume and not any(root.iterdir()):
+            root.rmdir()  # made a moment ago: nothing is left behind
+        raise
+    _write_plan(root, plan)
+    if progress:
+        _say(f"sweep of {len(runs)} runs on {engine.description}, in {root}")
+        if engine.dashboard:
+            _say(f"Dask dashboard: {engine.dashboard}")
+    data_dir = root / DATA_DIR
+    if not (resume and _finished(data_dir)):
+        data_dir.mkdir(exist_ok=True)
+        first = _point_task(data_dir, {k: v for k, v in params.items() if k in declared[NOTEBOOKS[0]]},
+                            NOTEBOOKS[:1], declared, notebook_dir, kernel_name)
+        outcome = engine.map(run_point, [first], [DATA_DIR])[0]
+        if _failed(outcome):
+            raise BlmError(f"{NOTEBOOKS[0]} failed for the sweep: {_error(outcome)}")
+    todo = [run for run in runs if not (resume and _finished(root / run["name"]))]
+    tasks = []
+    for run in todo:
+        run_dir = root / run["name"]
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / POINT_STATE).unlink(missing_ok=True)
+        for file in (RunDir.CORPUS, RunDir.MANIFEST):
+            shutil.copy2(data_dir / file, run_dir / file)
+        tasks.append(_point_task(run_dir, run["params"], notebooks, declared, notebook_dir, kernel_name))
+    watched = {run["name"]: root / run["name"] for run in runs}
+    with Watch(watched, _say, states=True) if progress else contextlib.nullcontext():
+        outcomes = engine.map(run_point, tasks, [run["name"] for run in todo])
+    for run, outcome in zip(todo, outcomes):
+        if isinstance(outcome, Outcome):  # the engine gave up on it: say so where the row is read
+            _write_state(root / run["name"], {"state": "failed", "error": outcome.error, **outcome.where})
 
     varied = list(dict.fromkeys(k for point in points for k in point if k != "name"))
     rows, curves = [], []
