@@ -17,28 +17,31 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls, skip=(), defaults=None, helps=None) -> None:
-    """One flag per field of dataclass ``cls`` (in an argument group named after it). ``defaults``
-    (an instance of ``cls``) overrides the field defaults shown and used; ``helps`` maps field names
-    to help texts for fields without ``metadata["help"]``."""
+def add_arguments(parser: argparse.ArgumentParser, cls, skip=(), defaults=None, helps=None, shown=None) -> None:
+    """One flag per field of dataclass ``cls`` (in an argument group named after it). ``defaults`` (an
+    instance of ``cls``, or a mapping of field names to values) overrides the field defaults shown and used;
+    ``helps`` maps field names to help texts for fields without ``metadata["help"]``; ``shown`` maps field
+    names to what ``--help`` says their default is, in place of the value (for defaults decided after parsing)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         names = [flag_name(f.name)] + ([f"--{f.name}"] if "_" in f.name else [])
-        if defaults is not None:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(defaults, dict):
+            default = defaults.get(f.name, default)
+        elif defaults is not None:
             default = getattr(defaults, f.name)
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help") or (helps or {}).get(f.name, "")
+        help_text = f"{help_text} (default: {(shown or {}).get(f.name, default)})".strip()
         kind = hints[f.name]
         if kind is bool:
             group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=help_text)
         else:
             group.add_argument(*names, dest=f.name, type=kind, default=default, metavar=f.name.upper(),
-                               help=f"{help_text} (default: {default})".strip())
+                               help=help_text)
 
 
 def from_namespace(cls, namespace: argparse.Namespace, **overrides):

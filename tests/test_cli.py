@@ -6,11 +6,15 @@ import json
 import math
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
 
 from blm_lab import train_bytes
+from blm_lab.checkpoint import load_checkpoint
+from blm_lab.gpt import BytesGPTConfig
+from blm_lab.training.config import COMMAND_RECIPES, TrainConfig, configs_from_args, recipe, recipe_fields
 from conftest import TINY_MODEL_FLAGS, finish_cli, run_cli, start_cli
 
 VALIDATION_LINE = re.compile(r"^validation: (\d+\.\d+) bits/byte \(best (\d+\.\d+)\) after (\d+) steps", re.MULTILINE)
@@ -159,3 +163,100 @@ def test_cuda_requested_without_cuda_error(corpus_dir, tmp_path, capsys):
     out = tmp_path / "out"
     result = run_main([corpus_dir, *TINY_MODEL_FLAGS, "--device", "cuda", "--output-dir", out], capsys)
     assert_clean_error(result, out, "cuda", "cpu")
+
+
+# ----------------------------------------------------------------------------- the tuned recipe as every default
+
+def parse_configs(argv, on_cuda=False):
+    return configs_from_args(train_bytes.build_parser().parse_args([str(a) for a in argv]), on_cuda=on_cuda)
+
+
+def recipe_settings(train_cfg, model_cfg) -> dict:
+    """The settings a recipe decides on the command line: the model's and the optimiser's."""
+    train_fields, model_fields = recipe_fields()
+    return {**{k: getattr(train_cfg, k) for k in train_fields}, **{k: getattr(model_cfg, k) for k in model_fields}}
+
+
+@pytest.mark.parametrize("on_cuda, name", [(False, "cpu"), (True, "gpu")])
+def test_the_devices_recipe_is_the_default(on_cuda, name):
+    train_cfg, model_cfg = parse_configs([], on_cuda=on_cuda)
+    assert recipe_settings(train_cfg, model_cfg) == recipe_settings(*recipe(name))
+    assert recipe_settings(train_cfg, model_cfg) != recipe_settings(*recipe("baseline"))
+    # not the notebook's time budget: how long a run is stays the command's own
+    defaults = TrainConfig()
+    assert (train_cfg.epochs, train_cfg.max_steps, train_cfg.time_budget) == (defaults.epochs, 0, 0.0)
+    assert (train_cfg.device, train_cfg.amp, train_cfg.output_dir) == ("auto", False, "checkpoints")
+
+
+def test_flags_override_the_recipe_and_baseline_is_blm_lab_0_1():
+    train_cfg, model_cfg = parse_configs(["--block-size", "16", "--batch-size", "8", "--lr", "1e-3", "--n_layer", "2",
+                                          "--n_embd", "32", "--muon-lr", "0.01", "--no-qk-norm",
+                                          "--schedule", "cosine"])
+    assert (model_cfg.block_size, model_cfg.n_layer, model_cfg.n_embd, model_cfg.qk_norm) == (16, 2, 32, False)
+    assert (train_cfg.batch_size, train_cfg.lr, train_cfg.muon_lr, train_cfg.schedule) == (8, 1e-3, 0.01, "cosine")
+    cpu_train, cpu_model = recipe("cpu")
+    assert (train_cfg.optimizer, model_cfg.mlp) == (cpu_train.optimizer, cpu_model.mlp)
+    assert model_cfg.n_head == cpu_model.n_head
+
+    train_cfg, model_cfg = parse_configs(["--recipe", "baseline", "--n-layer", "3"], on_cuda=True)
+    assert model_cfg == BytesGPTConfig(n_layer=3)  # blm_lab 0.1's model: GELU, LayerNorm, tied, no QK-norm
+    assert recipe_settings(train_cfg, model_cfg) == recipe_settings(TrainConfig(), BytesGPTConfig(n_layer=3))
+    assert (train_cfg.optimizer, train_cfg.schedule) == ("adamw", "cosine")
+    train_cfg, model_cfg = parse_configs(["--recipe", "gpu"])  # a named recipe wins over the device's
+    assert recipe_settings(train_cfg, model_cfg) == recipe_settings(*recipe("gpu"))
+
+
+def test_a_short_run_trains_with_the_recipe_and_writes_a_loadable_checkpoint(corpus_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train_bytes.main([str(corpus_dir), *TINY_MODEL_FLAGS, "--batch-size", "4", "--max-steps", "2",
+                             "--output-dir", str(out), "--cpu", "--no-progress"]) == 0
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert {"config", "model_state"} <= set(ckpt)
+    cpu_train, cpu_model = recipe("cpu")
+    config, train_config = ckpt["config"], ckpt["train_config"]
+    assert (config["mlp"], config["norm"], config["qk_norm"]) == (cpu_model.mlp, cpu_model.norm, cpu_model.qk_norm)
+    assert (train_config["optimizer"], train_config["schedule"]) == (cpu_train.optimizer, cpu_train.schedule)
+    assert load_checkpoint(out / "best.pt")[0].config == BytesGPTConfig(**ckpt["config"])
+
+
+# What --help and the model-free codec must not import: torch takes seconds to start.
+STARTUP_PROBE = '''
+import json, runpy, sys
+sys.argv = [sys.argv[1], *json.loads(sys.argv[2])]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+print(json.dumps({"torch": "torch" in sys.modules}))
+'''
+
+
+@pytest.mark.parametrize("module, argv", [("blm_lab.cli", ["--help"]), ("blm_lab.cli", ["compress", "--help"]),
+                                          ("blm_lab.cli", ["train", "--help"]), ("blm_lab.train_bytes", ["--help"])],
+                         ids=["blm-lab", "compress", "train", "train_bytes"])
+def test_help_does_not_import_torch(module, argv):
+    result = subprocess.run([sys.executable, "-c", STARTUP_PROBE, module, json.dumps(argv)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    *help_lines, probe = result.stdout.strip().splitlines()
+    assert json.loads(probe) == {"torch": False}
+    if "train" in module or argv[0] == "train":
+        help_text = " ".join(" ".join(help_lines).split())  # argparse wraps lines
+        gpu_train, gpu_model = recipe("gpu")
+        cpu_train, cpu_model = recipe("cpu")
+        assert f"--recipe {{{','.join(COMMAND_RECIPES)}}}" in help_text and "baseline" in help_text
+        assert f"cpu and baseline {cpu_model.n_embd}, gpu {gpu_model.n_embd}" in help_text
+        assert f"cpu and gpu {cpu_train.optimizer}, baseline adamw" in help_text
+        assert "--muon-lr sets the blocks' matrices" in help_text
+
+
+def test_the_packages_lazy_names_are_the_modules_own():
+    import importlib
+
+    import blm_lab
+
+    for name in blm_lab.__all__:
+        module = importlib.import_module(f"blm_lab.{blm_lab._EXPORTS[name]}")
+        assert getattr(blm_lab, name) is getattr(module, name), name
+    with pytest.raises(AttributeError, match="no attribute 'BytesGTP'"):
+        blm_lab.BytesGTP

@@ -78,6 +78,46 @@ def test_logic_lives_in_the_package(path):
     assert kinds.count("markdown") >= 3
 
 
+def test_a_new_training_field_reaches_the_run_through_the_parameters_cell_alone(monkeypatch, tmp_path):
+    """Notebook 02 derives its settings from its parameters: give TrainConfig a new field, name it in the
+    parameters cell (nothing else in the notebook changes), and the run gets its value."""
+    import dataclasses
+
+    from blm_lab.data import load_corpus as read_corpus
+    from blm_lab.training import config, launch
+
+    extended = dataclasses.make_dataclass("TrainConfig", [("label_smoothing", float, dataclasses.field(default=0.0))],
+                                          bases=(config.TrainConfig,))
+    monkeypatch.setattr(config, "TrainConfig", extended)
+    monkeypatch.setattr(config, "RECIPES", {name: (extended(**dataclasses.asdict(train_cfg)), model_cfg)
+                                            for name, (train_cfg, model_cfg) in config.RECIPES.items()})
+    reached = {}
+
+    class Started(Exception):
+        pass
+
+    def run_training(train_cfg, model_cfg, corpus, **kwargs):
+        reached.update(train_cfg=train_cfg, model_cfg=model_cfg)
+        raise Started  # the run has its configs; training itself is the pipeline test's business
+
+    monkeypatch.setattr(launch, "run_training", run_training)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    run_dir = tmp_path / "run"
+    corpus_dir = write_text_corpus(tmp_path / "corpus", n_files=1, words_per_file=400)
+    RunDir(run_dir).write_corpus(read_corpus(str(corpus_dir)), str(corpus_dir), 0.1, 32)
+
+    cells = [c.source for c in read(runner.notebooks_dir() / "02_train_gpu.ipynb").cells if c.cell_type == "code"]
+    cells[0] += "\nlabel_smoothing = 0.1  # the new field\n"
+    injected = f"run_dir = {str(run_dir)!r}\nn_layer = 1\nn_embd = 32\ndevice = 'cpu'\n"  # as papermill would
+    namespace = {}
+    with pytest.raises(Started):
+        for source in [cells[0], injected, *cells[1:]]:
+            exec(compile(source, "02_train_gpu.ipynb", "exec"), namespace)
+    assert reached["train_cfg"].label_smoothing == 0.1
+    assert (reached["model_cfg"].n_layer, reached["model_cfg"].n_embd) == (1, 32)
+    assert (reached["train_cfg"].device, reached["train_cfg"].save_best) == ("cpu", True)
+
+
 # ----------------------------------------------------------------------------- the pipeline, executed once
 
 @pytest.fixture(scope="module")

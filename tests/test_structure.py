@@ -9,7 +9,7 @@ from pathlib import Path
 import blm_lab
 
 PACKAGE = Path(blm_lab.__file__).resolve().parent
-MAX_LEVELS = 5
+MAX_LEVELS = 6  # the sixth: gpt_config under gpt, so that --help and the recipes need no torch
 
 
 def module_name(path: Path) -> str:
@@ -49,7 +49,7 @@ def level(name: str) -> int:
     return 1 + max((level(dep) for dep in GRAPH[name]), default=0)
 
 
-def test_import_graph_has_at_most_five_levels():
+def test_import_graph_has_at_most_six_levels():
     deepest = max(MODULES, key=level)
     chain = [deepest]
     while GRAPH[chain[-1]]:

@@ -104,7 +104,8 @@ def _resume(out_dir: Path, model: BytesGPT, optimizers: list, model_cfg: BytesGP
     ckpt = read_checkpoint(ckpt_path, device)
     if ckpt["config"] != model_cfg.to_dict():
         raise ConfigError(f"--resume: {ckpt_path} was trained with config {ckpt['config']}, not {model_cfg.to_dict()}; "
-                          "pass the same model flags or a new --output-dir")
+                          "pass the same model flags (--recipe baseline for a run begun with blm_lab 0.1's defaults) "
+                          "or a new --output-dir")
     missing = [key for key in RESUME_KEYS + (("muon_state",) if len(optimizers) > 1 else ()) if key not in ckpt]
     if missing:
         raise CheckpointError(f"--resume: {ckpt_path} lacks {', '.join(missing)}, which resuming needs; it was saved "
@@ -312,8 +313,10 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
 
 def run_from_args(args) -> int:
     """The training command (``blm-lab train``, ``python -m blm_lab.train_bytes``): flags from
-    ``config.add_train_arguments`` -> configs; join the process group under torchrun; train; print."""
-    train_cfg, model_cfg = configs_from_args(args)
+    ``config.add_train_arguments`` -> configs (the recipe for the device found fills the flags not given);
+    join the process group under torchrun; train; print."""
+    on_cuda = pick_device("cpu" if args.cpu else args.device).type == "cuda"
+    train_cfg, model_cfg = configs_from_args(args, on_cuda=on_cuda)
     with process_group(train_cfg.device_preference) as dist_info:
         result = train(train_cfg, model_cfg, dist_info=dist_info)
     if dist_info.is_main:
