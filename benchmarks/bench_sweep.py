@@ -2,7 +2,7 @@
 workers (1 thread each), both in this one run: the wall-clock ratio and the engine's overhead per point.
 
     python benchmarks/bench_sweep.py                   # the setting: 360 steps a point (~90 s alone)
-    python benchmarks/bench_sweep.py --max-steps 60    # a shorter measurement
+    python benchmarks/bench_sweep.py --max-steps 60 -p n_embd 64   # a shorter measurement
 
 Every point trains the CPU recipe's model for a fixed number of steps (no time budget, so both engines
 do the same work) on tiny-shakespeare; the four points differ only in the learning rate. Notebook 01
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blm_lab.workbench.engine import Dask, Sequential  # noqa: E402
-from blm_lab.workbench.runner import sweep  # noqa: E402
+from blm_lab.workbench.runner import parse_value, sweep  # noqa: E402
 from blm_lab.workbench.watch import read_state  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
@@ -64,13 +64,16 @@ def main() -> int:
                         "about 90 s alone with 2 threads on the README's machine)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="outputs/bench_sweep")
+    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a notebook parameter for every point, e.g. -p n_embd 64 for a smaller measurement")
     args = parser.parse_args()
     if not Path(args.data).exists():
         print(f"error: {args.data} not found (the benchmark reads ../shared/corpora/tinyshakespeare/input.txt)",
               file=sys.stderr)
         return 2
     params = {"data_dir": str(Path(args.data).resolve()), "device": "cpu", "max_steps": args.max_steps,
-              "time_budget": 0, "eval_interval": max(1, args.max_steps // 3)}
+              "time_budget": 0, "eval_interval": max(1, args.max_steps // 3),
+              **{name: parse_value(value) for name, value in args.param}}
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
 
