@@ -13,7 +13,7 @@ import torch
 
 from blm_lab.analysis import byte_histogram, empirical_entropy, entropy_table, preview, text_preview
 from blm_lab.data import byte_label
-from blm_lab.scoring import analyze_bytes, next_byte_table
+from blm_lab.scoring import TOP_K, analyze_bytes, next_byte_table
 from blm_lab.viz.figures import (plot_byte_histogram, plot_next_byte, plot_surprisal, plot_surprisal_text,
                                  plot_surprisal_vs_entropy, save_figure)
 from blm_lab.viz.html import surprisal_html
@@ -98,15 +98,24 @@ def test_surprisal_matches_a_direct_forward(model, analysis):
     for t in range(1, 16):
         expected = -log_probs[t - 1, TEXT[t]].item() / math.log(2)
         assert analysis.surprisal[t] == pytest.approx(expected, abs=1e-4)
-        np.testing.assert_allclose(analysis.probs[t], log_probs[t - 1].exp().numpy(), atol=1e-6)
+        probs = log_probs[t - 1].exp().numpy()
+        order = np.argsort(-probs, kind="stable")
+        np.testing.assert_allclose(analysis.top_probs[t], probs[order[:analysis.top_k]], atol=1e-6)
+        assert set(analysis.top_bytes[t, :4].tolist()) == set(order[:4].tolist())
+        assert analysis.rank[t] == int((probs > probs[TEXT[t]]).sum()) + 1
+        assert analysis.entropy[t] == pytest.approx(-(probs * np.log2(probs)).sum(), abs=1e-4)
     assert analysis.surprisal[0] == pytest.approx(8.0) and analysis.entropy[0] == pytest.approx(8.0)
 
 
 def test_analysis_shapes_and_ranges(analysis):
     n = len(TEXT)
     assert len(analysis) == n and analysis.data == TEXT
-    assert analysis.probs.shape == (n, 256) and analysis.probs.dtype == np.float32
-    np.testing.assert_allclose(analysis.probs.sum(axis=1), 1.0, atol=1e-5)
+    assert analysis.top_bytes.shape == (n, TOP_K) and analysis.top_bytes.dtype == np.uint8
+    assert analysis.top_probs.shape == (n, TOP_K) and analysis.top_probs.dtype == np.float32
+    assert np.all(np.diff(analysis.top_probs, axis=1) <= 0) and np.all(analysis.top_probs.sum(axis=1) <= 1 + 1e-5)
+    assert np.all((analysis.rank >= 1) & (analysis.rank <= 256))
+    in_top = analysis.top_bytes == analysis.byte_values[:, None]  # (n, K): the actual byte's column, if kept
+    assert np.array_equal(in_top.any(axis=1)[1:], analysis.rank[1:] <= TOP_K)  # byte 0: 256 tied guesses
     assert np.all((analysis.entropy >= 0) & (analysis.entropy <= 8 + 1e-5))
     assert np.all(analysis.surprisal >= 0)
     assert analysis.mean_bits_per_byte == pytest.approx(analysis.surprisal.mean())
@@ -123,14 +132,24 @@ def test_analyze_bytes_limits_and_errors(model):
     analyze_bytes(model, "abc")
     assert model.training  # mode restored
     model.train(was_training)
-    with pytest.raises(ValueError, match="empty"):
-        analyze_bytes(model, b"")
+    empty = analyze_bytes(model, b"")
+    assert len(empty) == 0 and empty.surprisal.shape == (0,) and empty.mean_bits_per_byte == 0.0
+
+
+def test_analysis_in_pieces_equals_one_pass(model, analysis):
+    """Small pieces (each re-reading its history) give the figures of one pass over the whole text."""
+    pieces = analyze_bytes(model, TEXT, chunk=5, top_k=4)
+    np.testing.assert_allclose(pieces.surprisal, analysis.surprisal, atol=1e-4)
+    np.testing.assert_allclose(pieces.entropy, analysis.entropy, atol=1e-4)
+    np.testing.assert_allclose(pieces.top_probs, analysis.top_probs[:, :4], atol=1e-5)
+    assert np.array_equal(pieces.rank, analysis.rank) and pieces.top_k == 4
 
 
 def test_next_byte_table(analysis):
     table = next_byte_table(analysis, 5, top_k=7)
     assert len(table) == 7 and table["probability"].is_monotonic_decreasing
-    assert table["probability"].iloc[0] == pytest.approx(analysis.probs[5].max())
+    assert table["probability"].iloc[0] == pytest.approx(analysis.top_probs[5, 0])
+    assert len(next_byte_table(analysis, 5, top_k=100)) == TOP_K  # no more than the analysis kept
     assert byte_label(ord("\n")) == "'\\n'" and byte_label(200) == "0xc8"
     with pytest.raises(IndexError):
         next_byte_table(analysis, len(TEXT))
@@ -143,7 +162,7 @@ def test_surprisal_html_one_span_per_byte_and_escapes(analysis):
     assert page.count("<span") == len(TEXT)
     assert "&lt;" in page and "&amp;" in page and "<world>" not in page
     assert page.count("<br>") == TEXT.count(b"\n")
-    highlighted = re.findall(r'<span class="blm-hl" data-pos="(\d+)"[^>]*outline', page)
+    highlighted = re.findall(r'<span class="[^"]*blm-hl[^"]*" data-pos="(\d+)"[^>]*outline', page)
     assert highlighted == ["3"]
     window = surprisal_html(analysis, start=10, length=5)
     assert window.count("<span") == 5 and 'data-pos="10"' in window and 'data-pos="15"' not in window

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from blm_lab.scoring import analyze_bytes, next_byte_table
-from blm_lab.viz.explorer import EntropyExplorer, make_explorer, save_static_views
+from blm_lab.patching import solve_threshold
+from blm_lab.viz.explorer import HTML_WINDOW, EntropyExplorer, PatchView, make_explorer, save_static_views
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
 
 TEXT = "the cat sat on the mat <&> and the dog sat on the log\n" * 3
@@ -30,11 +31,11 @@ def explorer(model):
 
 
 def highlighted(explorer) -> list[str]:
-    return re.findall(r'class="blm-hl" data-pos="(\d+)"', explorer.html.value)
+    return re.findall(r'class="[^"]*blm-hl[^"]*" data-pos="(\d+)"', explorer.html.value)
 
 
 def bar_heights(explorer) -> np.ndarray:
-    return np.array([p.get_height() for p in explorer.last_figure.axes[0].patches])
+    return np.array([float(p) for p in re.findall(r'class="blm-bar" data-byte="\d+" data-p="([^"]+)"', explorer.chart.value)])
 
 
 def test_initial_state(model):
@@ -44,18 +45,18 @@ def test_initial_state(model):
     assert explorer.position.max == n - 1 and len(explorer.analysis) == n
     assert explorer.current_position == explorer.position.value
     assert highlighted(explorer) == [str(explorer.position.value)]
-    assert explorer.chart.outputs[0]["data"]["image/png"]
+    assert 'class="blm-bars"' in explorer.chart.value
     assert "bits/byte" in explorer.status.value
     assert explorer.widget.children  # the VBox that a notebook cell displays
     assert "application/vnd.jupyter.widget-view+json" in explorer._repr_mimebundle_()
 
 
 def test_moving_the_position_redraws(explorer):
-    before_figure, before_info, before_draws = explorer.last_figure, explorer.info.value, explorer.draws
+    before_info, before_draws = explorer.info.value, explorer.draws
     new = 7 if explorer.position.value != 7 else 8
     explorer.position.value = new
     assert explorer.current_position == new and explorer.draws == before_draws + 1
-    assert explorer.last_figure is not before_figure
+    assert f"<b>byte {new}</b>" in explorer.chart.value
     expected = next_byte_table(explorer.analysis, new, explorer.top_k.value)["probability"].to_numpy()
     np.testing.assert_allclose(bar_heights(explorer), expected, rtol=1e-6)
     assert explorer.info.value != before_info and f"byte <b>{new}</b>" in explorer.info.value
@@ -65,8 +66,40 @@ def test_moving_the_position_redraws(explorer):
 def test_top_k_changes_the_number_of_bars(explorer):
     explorer.top_k.value = 5
     assert len(bar_heights(explorer)) == 5
-    explorer.top_k.value = 30
-    assert len(bar_heights(explorer)) == 30
+    explorer.top_k.value = 16
+    assert len(bar_heights(explorer)) == 16 and explorer.top_k.max == explorer.analysis.top_k
+
+
+def test_hover_shows_top_guesses_and_spans_jump(explorer):
+    explorer.position.value = 20
+    title = re.search(r'data-pos="20" title="([^"]*)"', explorer.html.value).group(1)
+    top = next_byte_table(explorer.analysis, 20, 5)
+    assert "top guesses: " in title and f"{top['probability'].iloc[0]:.2f}" in title
+    assert len(explorer.spans.options) > 0
+    label, start = explorer.spans.options[1]
+    explorer.spans.value = start
+    assert explorer.current_position == start and highlighted(explorer) == [str(start)]
+
+
+def test_patch_boundaries_overlay(explorer):
+    explorer.patches.value = False
+    assert "blm-patch" not in explorer.html.value
+    explorer.threshold.value = 0.0  # every byte whose prediction has any entropy starts a patch
+    explorer.patches.value = True
+    marked = [int(p) for p in re.findall(r'class="blm-patch[^"]*" data-pos="(\d+)"', explorer.html.value)]
+    expected = np.flatnonzero(explorer.analysis.entropy > 0).tolist()
+    shown = [int(p) for p in re.findall(r'data-pos="(\d+)"', explorer.html.value)]
+    assert marked == [p for p in expected if p in shown] and "patches (global rule" in explorer.info.value
+    explorer.threshold.value = 10.0
+    assert re.findall(r'class="blm-patch[^"]*" data-pos="(\d+)"', explorer.html.value) == ["0"]
+    explorer.patches.value = False
+
+
+def test_empty_text_is_a_message(model):
+    explorer = make_explorer(model, text=TEXT)
+    explorer.text.value = ""
+    explorer.analyze_button.click()
+    assert "empty" in explorer.status.value and len(explorer.analysis) == len(TEXT.encode())
 
 
 def test_vmax_recolours_the_text(explorer):
@@ -115,3 +148,21 @@ def test_save_static_views(explorer, model, tmp_path):
     bare = analyze_bytes(model, "tiny input")
     paths = save_static_views(bare, tmp_path / "bare", position=3)
     assert (tmp_path / "bare" / "next_byte_3.png").is_file() and len(paths) == 4
+
+
+def test_patch_view_solves_the_threshold_on_each_change(explorer):
+    view = PatchView(explorer.analysis, target_mean=4.0)
+    solved = solve_threshold(explorer.analysis.entropy_nats, 4.0, "global")
+    assert view.solution.threshold == solved.threshold
+    assert view.html.value.count("blm-patch") == int(solved.patching.mask[:HTML_WINDOW].sum())
+    assert f"{solved.threshold:.4f} nats" in view.info.value
+    view.target.value = 8.0
+    assert view.solution.mean_length > 6 and view.html.value.count("blm-patch") < int(solved.patching.mask[:HTML_WINDOW].sum())
+    view.rule.value = "combined"
+    view.target.value = 1.0  # the combined rule cannot start patches on two bytes in a row
+    assert view.solution is None and "out of reach" in view.info.value and "achievable means" in view.info.value
+
+
+def test_explorer_shows_a_given_analysis(explorer, model):
+    shown = EntropyExplorer(model, analysis=explorer.analysis)
+    assert shown.analysis is explorer.analysis and "the given analysis" in shown.status.value

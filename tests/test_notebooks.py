@@ -10,6 +10,7 @@ import ast
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -176,29 +177,30 @@ def test_training_writes_a_checkpoint_that_loads(pipeline):
 def test_every_figure_is_saved(pipeline):
     run_dir, _ = pipeline
     figures = run_dir / RunDir.FIGURES
-    # every run.figure("NAME") a notebook asks for, and every static view of the explorer it reports saving
-    expected = []
+    # every run.figure("NAME") whose cell ran it (showed an image: 05 skips a figure whose input it was not
+    # given), and every static view of the explorer that its cell reports saving
+    expected, shown, saved = [], {}, {}
     for name in runner.NOTEBOOKS:
-        for cell in read(run_dir / name).cells:
-            if cell.cell_type != "code":
-                continue
-            for figure in re.findall(r'run\.figure\("([^"]+)"\)(\.with_suffix\(""\))?', cell.source):
-                if figure[1]:  # a folder of views: the paths the cell returned
-                    shown = "".join(o.get("data", {}).get("text/plain", "") for o in cell.outputs)
+        cells = [c for c in read(run_dir / name).cells if c.cell_type == "code"]
+        shown[name] = sum("image/png" in o.get("data", {}) for c in cells for o in c.outputs)
+        saved[name] = 0
+        for cell in cells:
+            images = any("image/png" in o.get("data", {}) for o in cell.outputs)
+            for figure, folder in re.findall(r'run\.figure\("([^"]+)"\)(\.with_suffix\(""\))?', cell.source):
+                if folder:  # a folder of views: the paths the cell returned
+                    text = "".join(o.get("data", {}).get("text/plain", "") for o in cell.outputs)
                     expected += [Path(p).relative_to(figures).with_suffix("").as_posix()
-                                 for p in re.findall(r"'([^']+\.png)'", shown)]
-                else:
-                    expected.append(figure[0])
+                                 for p in re.findall(r"'([^']+\.png)'", text)]
+                elif images:
+                    expected.append(figure)
+                    saved[name] += 1
     assert "loss_curve" in expected and any(name.startswith("explorer/") for name in expected)
     for name in expected:
         path = figures / f"{name}.png"
         assert path.is_file(), f"missing figure {path}"
         assert path.read_bytes()[:8] == PNG_SIGNATURE
     # each notebook shows as many images as it saves (the explorer's static views are extra files)
-    shown = {name: sum("image/png" in o.get("data", {}) for c in read(run_dir / name).cells if c.cell_type == "code"
-                       for o in c.outputs) for name in runner.NOTEBOOKS}
-    assert shown == {"01_data_prep.ipynb": 2, "02_train_gpu.ipynb": 1, "03_entropy_visualization.ipynb": 3,
-                     "04_compression_ratios.ipynb": 1}
+    assert shown == saved and all(shown.values())
 
 
 def test_entropy_notebook_keeps_the_explorer(pipeline):
@@ -233,6 +235,50 @@ def test_compression_table_has_every_compressor_verified(pipeline):
     assert set(summary.compressed_bits_per_byte) == names
     assert summary.compressed_bits_per_byte["blm"] == pytest.approx(blm["bits_per_byte"])
     assert summary.neural.adjusted_bits_per_byte == pytest.approx(blm["adjusted_bits_per_byte"])
+
+
+def test_bits_and_patches_notebook_records_its_figures(pipeline):
+    run_dir, summary = pipeline
+    lab = RunDir(run_dir).lab_record()
+    assert lab is not None and summary.lab == lab
+    assert lab.bytes == TINY_PARAMS["max_bytes"] and "validation split (held out)" in lab.measured_on
+    rules = [row["rule"] for row in lab.patches]
+    assert rules == ["global", "fixed", "monotonic", "fixed", "combined", "fixed"]
+    for row in lab.patches:
+        assert row["patches"] * row["mean_length"] == pytest.approx(lab.bytes)
+    assert abs(lab.patches[0]["mean_length"] - 4.5) < 1.0  # the solved global threshold lands near the target
+    assert 0 < lab.patches[0]["first_byte_share"] < 1
+    # without 04's traces (the codec on this branch records none) the model's surprisal stands in
+    traced = RunDir(run_dir).traces()
+    assert lab.traced_bytes == (len(next(iter(traced.values())).data) if traced else None)
+    sources = list(lab.bits_by_kind)
+    assert sources and lab.bits_by_kind[sources[0]]["all"] > 0
+    if not traced:
+        assert lab.bits_by_kind[sources[0]]["all"] == pytest.approx(lab.model_bits_per_byte)
+    nb = read(run_dir / "05_bits_and_patches.ipynb")
+    views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views, "the patch view widget was not displayed"
+
+
+def test_bits_and_patches_compares_a_checkpoint_and_reports_an_empty_input(pipeline, tmp_path):
+    run_dir = tmp_path / "run"  # a copy: the shared run directory stays as the pipeline left it
+    shutil.copytree(pipeline[0], run_dir)
+    ckpt = str(RunDir(run_dir).checkpoint())
+    declared = runner.notebook_parameters(["05_bits_and_patches.ipynb"])
+    runner.run_notebook("05_bits_and_patches.ipynb", run_dir, {"run_dir": str(run_dir), "compare_checkpoint": ckpt,
+                                                               "max_bytes": 256}, declared["05_bits_and_patches.ipynb"])
+    lab = RunDir(run_dir).lab_record()
+    assert lab.compare_checkpoint == ckpt and lab.compare_net_bits == pytest.approx(0.0, abs=1e-6)  # itself: no difference
+    assert (run_dir / "figures" / "checkpoint_difference.png").is_file()
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    runner.run_notebook("05_bits_and_patches.ipynb", run_dir, {"run_dir": str(run_dir), "file": str(empty)},
+                        declared["05_bits_and_patches.ipynb"])
+    text = "".join(o.get("text", "") for c in read(run_dir / "05_bits_and_patches.ipynb").cells
+                   if c.cell_type == "code" for o in c.outputs)
+    assert "is empty: nothing to patch" in text
+    assert RunDir(run_dir).lab_record().bytes == 0
 
 
 # ----------------------------------------------------------------------------- a sweep over two tiny models

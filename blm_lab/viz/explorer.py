@@ -2,7 +2,7 @@
 
 ``make_explorer(model, text=...)`` analyses the text once (``scoring.analyze_bytes``) and shows:
 the text coloured by surprisal with the current byte outlined, a slider over byte positions, the
-bar chart of the model's top-k guesses for the byte at that position, and a line with the byte, its
+bars of the model's top-k guesses for the byte at that position (HTML), and a line with the byte, its
 surprisal and the entropy of its prediction. Moving a slider only redraws; "Analyze" re-runs the
 model on the (edited) text or on a file.
 
@@ -12,9 +12,8 @@ A notebook cell that ends in the explorer shows it. Without a browser (papermill
 
 from __future__ import annotations
 
-import base64
 import html
-import io
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,14 +21,16 @@ from pathlib import Path
 import ipywidgets as widgets
 import numpy as np
 
+from ..bits import costliest_spans
 from ..data import byte_label
 from ..errors import BlmError, PathError
 from ..files import atomic_write, check_input_file
+from ..patching import BLT_THRESHOLD, RULES, patch_starts, solve_threshold
 from ..scoring import ByteAnalysis, analyze_bytes
 from .figures import plot_next_byte, plot_surprisal, plot_surprisal_text, save_figure
-from .html import surprisal_html
+from .html import next_byte_html, surprisal_html
 
-__all__ = ["EntropyExplorer", "make_explorer", "save_static_views", "html_window", "DEFAULT_TEXT"]
+__all__ = ["EntropyExplorer", "make_explorer", "save_static_views", "html_window", "DEFAULT_TEXT", "PatchView"]
 
 DEFAULT_TEXT = (
     "def mean(values):\n"
@@ -39,6 +40,8 @@ DEFAULT_TEXT = (
     "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.\n"
 )
 HTML_WINDOW = 800  # bytes of coloured text shown around the current position
+SPANS = 20  # costliest spans offered in the jump list
+SPAN_WIDTH = 16  # bytes per costliest span
 
 
 def html_window(n: int, position: int, length: int = HTML_WINDOW) -> int:
@@ -48,15 +51,9 @@ def html_window(n: int, position: int, length: int = HTML_WINDOW) -> int:
 
 def _most_surprising(analysis: ByteAnalysis) -> int:
     """The most surprising byte after byte 0 (which is always the uniform 8 bits)."""
-    if len(analysis) == 1:
+    if len(analysis) <= 1:
         return 0
     return 1 + int(np.argmax(analysis.surprisal[1:]))
-
-
-def _figure_png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 class EntropyExplorer:
@@ -64,24 +61,28 @@ class EntropyExplorer:
 
     Widgets (attributes): ``text`` (Textarea), ``file`` (Text: a path, used instead of the text
     when set), ``analyze_button``, ``status`` (HTML: what was analysed, or the error), ``position``,
-    ``top_k`` (IntSliders), ``vmax`` (FloatSlider, bits at the darkest colour), ``html`` (the
-    coloured text), ``info`` (HTML: the byte at ``position``), ``chart`` (Output: the next-byte bar
-    chart) and ``widget`` (the VBox holding them all).
+    ``top_k`` (IntSliders, top_k up to the guesses the analysis kept), ``vmax`` (FloatSlider, bits
+    at the darkest colour), ``spans`` (Dropdown: the costliest spans; picking one jumps there),
+    ``patches`` (Checkbox: overlay BLT global-rule patch boundaries) with ``threshold`` (FloatSlider,
+    nats), ``html`` (the coloured text; hover a byte for the model's top guesses), ``info`` (HTML: the
+    byte at ``position``, and the patching's mean length), ``chart`` (HTML: the next-byte bars)
+    and ``widget`` (the VBox holding them all).
 
     State: ``analysis`` (the current ByteAnalysis), ``current_position`` (the position last drawn),
-    ``last_figure`` (the last next-byte figure) and ``draws`` (how many times the chart was drawn).
+    ``boundaries`` ((N,) bool patch starts, or None) and ``draws`` (how many times the chart was drawn). A redraw touches only the window of text around
+    the position and one chart, so its cost does not grow with the file (benchmarks/bench_explorer.py).
     """
 
     def __init__(self, model, text: str | None = None, file: str | os.PathLike | None = None, max_bytes: int | None = 4096,
-                 device=None, window: int = HTML_WINDOW):
+                 device=None, window: int = HTML_WINDOW, analysis: ByteAnalysis | None = None):
         self.model = model
         self.max_bytes = max_bytes
         self.device = device
         self.window = int(window)
         self.analysis: ByteAnalysis | None = None
+        self.boundaries: np.ndarray | None = None
         self.source = ""
         self.current_position: int | None = None
-        self.last_figure = None
         self.draws = 0
         self._holding_updates = False
 
@@ -96,17 +97,22 @@ class EntropyExplorer:
         self.status = widgets.HTML()
         self.position = widgets.IntSlider(value=0, min=0, max=0, description="position", continuous_update=False,
                                           layout=widgets.Layout(width="50%"))
-        self.top_k = widgets.IntSlider(value=20, min=1, max=64, description="top k", continuous_update=False)
+        self.top_k = widgets.IntSlider(value=10, min=1, max=16, description="top k", continuous_update=False)
         self.vmax = widgets.FloatSlider(value=8.0, min=0.5, max=16.0, step=0.5, description="vmax (bits)",
                                         continuous_update=False, readout_format=".1f")
+        self.spans = widgets.Dropdown(options=[], description="costliest", layout=widgets.Layout(width="60%"))
+        self.patches = widgets.Checkbox(value=False, description="patch boundaries", indent=False)
+        self.threshold = widgets.FloatSlider(value=BLT_THRESHOLD, min=0.0, max=5.6, step=0.05, description="θ (nats)",
+                                             continuous_update=False, readout_format=".2f")
         self.info = widgets.HTML()
         self.html = widgets.HTML(layout=widgets.Layout(width="58%", max_height="32em", overflow="auto"))
-        self.chart = widgets.Output(layout=widgets.Layout(width="42%"))
+        self.chart = widgets.HTML(layout=widgets.Layout(width="42%"))
         self.widget = widgets.VBox([
             self.text,
             widgets.HBox([self.file, self.analyze_button]),
             self.status,
             widgets.HBox([self.position, self.top_k, self.vmax]),
+            widgets.HBox([self.spans, self.patches, self.threshold]),
             self.info,
             widgets.HBox([self.html, self.chart]),
         ])
@@ -115,7 +121,13 @@ class EntropyExplorer:
         self.position.observe(self._on_position, names="value")
         self.top_k.observe(self._on_top_k, names="value")
         self.vmax.observe(self._on_vmax, names="value")
-        self.analyze()
+        self.spans.observe(self._on_span, names="value")
+        self.patches.observe(self._on_patches, names="value")
+        self.threshold.observe(self._on_patches, names="value")
+        if analysis is None:
+            self.analyze()
+        else:  # one already made (notebook 05, benchmarks): shown as it is, "Analyze" re-runs the model
+            self.show(analysis, "the given analysis", len(analysis))
 
     # ------------------------------------------------------------------ actions
 
@@ -141,12 +153,24 @@ class EntropyExplorer:
         except BlmError as exc:
             self.status.value = f'<span style="color:#b00">cannot analyse: {html.escape(str(exc))}</span>'
             return None
+        return self.show(analysis, source, total)
+
+    def show(self, analysis: ByteAnalysis, source: str, total: int) -> ByteAnalysis | None:
+        """Show ``analysis`` (of ``total`` bytes from ``source``, maybe cut) and redraw everything."""
+        if len(analysis) == 0:
+            self.status.value = f"<b>{html.escape(source)}</b> is empty: nothing to analyse; type some text or pick a file"
+            return None
         first = self.analysis is None
         self.analysis, self.source = analysis, source
+        spans = costliest_spans(analysis.data, analysis.surprisal, width=SPAN_WIDTH, count=SPANS, context=0)
         with self._hold():
             self.position.max = len(analysis) - 1  # clamps the value when the new input is shorter
+            self.top_k.max = analysis.top_k
+            self.spans.options = [(f"#{r.start}: {r.bits:.0f} bits {r.span!r}", int(r.start)) for r in spans.itertuples()]
+            self.spans.value = None
             if first:
                 self.position.value = _most_surprising(analysis)
+        self._find_boundaries()
         cut = f" (first {len(analysis):,} of {total:,})" if total > len(analysis) else ""
         self.status.value = (f"<b>{html.escape(source)}</b>: {len(analysis):,} bytes{cut} &middot; "
                              f"<b>{analysis.mean_bits_per_byte:.3f} bits/byte</b> &middot; "
@@ -163,28 +187,34 @@ class EntropyExplorer:
         self._draw_info()
         self._draw_chart()
 
+    def _find_boundaries(self) -> None:
+        self.boundaries = None
+        if self.patches.value:
+            starts = patch_starts(self.analysis.entropy_nats, "global", threshold=float(self.threshold.value))
+            self.boundaries = np.zeros(len(self.analysis), dtype=bool)
+            self.boundaries[starts] = True
+
     def _draw_html(self) -> None:
         position = int(self.position.value)
         start = html_window(len(self.analysis), position, self.window)
         self.html.value = surprisal_html(self.analysis, start=start, length=self.window, vmax=float(self.vmax.value),
-                                         highlight=position)
+                                         highlight=position, boundaries=self.boundaries)
 
     def _draw_info(self) -> None:
         a, t = self.analysis, int(self.position.value)
         value = a.data[t]
-        p = a.probs[t]
-        rank = int((p > p[value]).sum()) + 1
         self.info.value = (f"byte <b>{t}</b>: <code>{html.escape(byte_label(value))}</code> (0x{value:02x}) &middot; "
-                           f"surprisal <b>{a.surprisal[t]:.2f} bits</b> (p = {p[value]:.3g}, rank {rank}) &middot; "
+                           f"surprisal <b>{a.surprisal[t]:.2f} bits</b> (p = {2.0 ** -a.surprisal[t]:.3g}, rank {a.rank[t]}) &middot; "
                            f"entropy of the prediction <b>{a.entropy[t]:.2f} bits</b>")
+        if self.boundaries is not None:
+            count = int(self.boundaries.sum())
+            self.info.value += (f" &middot; {count:,} patches (global rule, θ = {self.threshold.value:.2f} nats), "
+                                f"mean {len(a) / count:.2f} bytes")
 
     def _draw_chart(self) -> None:
-        fig = plot_next_byte(self.analysis, int(self.position.value), top_k=int(self.top_k.value))
-        self.last_figure = fig
+        # HTML bars, not a matplotlib PNG: rendering a figure took most of a redraw's 200 ms budget
+        self.chart.value = next_byte_html(self.analysis, int(self.position.value), top_k=int(self.top_k.value))
         self.draws += 1
-        # the PNG goes straight into the Output widget: the same with or without a running kernel
-        self.chart.outputs = ({"output_type": "display_data", "metadata": {},
-                               "data": {"image/png": _figure_png(fig), "text/plain": f"next-byte chart at {self.current_position}"}},)
 
     # ------------------------------------------------------------------ observers
 
@@ -209,6 +239,16 @@ class EntropyExplorer:
         if not self._holding_updates and self.analysis is not None:
             self._draw_html()
 
+    def _on_span(self, change) -> None:
+        if not self._holding_updates and change["new"] is not None:
+            self.position.value = int(change["new"])  # its observer redraws
+
+    def _on_patches(self, change) -> None:
+        if not self._holding_updates and self.analysis is not None:
+            self._find_boundaries()
+            self._draw_html()
+            self._draw_info()
+
     # ------------------------------------------------------------------ display
 
     def _repr_mimebundle_(self, **kwargs):
@@ -218,6 +258,53 @@ class EntropyExplorer:
         from IPython.display import display
 
         display(self.widget)
+
+
+class PatchView:
+    """Entropy patches over coloured text (notebook 05): a rule and a target mean patch length; each change
+    solves the threshold (``patching.solve_threshold``) and redraws the boundaries.
+
+    Widgets: ``rule`` (Dropdown), ``target`` (FloatSlider, bytes), ``start`` (IntSlider, first byte
+    shown), ``info`` (HTML: the threshold in nats and bits, the mean reached and how far it is from the
+    target, or why the target is out of reach), ``html`` and ``widget``. ``solution`` is the last
+    ``ThresholdSolution`` (None after an unreachable target).
+    """
+
+    def __init__(self, analysis: ByteAnalysis, target_mean: float = 4.5, rule: str = "global",
+                 relative_threshold: float = 0.0, max_length: int | None = None, window: int = HTML_WINDOW):
+        self.analysis, self.relative_threshold, self.max_length, self.window = analysis, relative_threshold, max_length, window
+        self.solution = None
+        self.rule = widgets.Dropdown(options=list(RULES), value=rule, description="rule")
+        self.target = widgets.FloatSlider(value=target_mean, min=1.0, max=16.0, step=0.25, description="mean length",
+                                          continuous_update=False, readout_format=".2f")
+        self.start = widgets.IntSlider(value=0, min=0, max=max(0, len(analysis) - 1), step=max(1, window // 2),
+                                       description="from byte", continuous_update=False)
+        self.info = widgets.HTML()
+        self.html = widgets.HTML(layout=widgets.Layout(max_height="28em", overflow="auto"))
+        self.widget = widgets.VBox([widgets.HBox([self.rule, self.target, self.start]), self.info, self.html])
+        for control in (self.rule, self.target, self.start):
+            control.observe(lambda _change: self.redraw(), names="value")
+        self.redraw()
+
+    def redraw(self) -> None:
+        try:
+            self.solution = solve_threshold(self.analysis.entropy_nats, float(self.target.value), self.rule.value,
+                                            self.relative_threshold, self.max_length, self.analysis.surprisal)
+        except BlmError as exc:
+            self.solution = None
+            self.info.value = f'<span style="color:#b00">{html.escape(str(exc))}</span>'
+            self.html.value = surprisal_html(self.analysis, start=int(self.start.value), length=self.window)
+            return
+        s, p = self.solution, self.solution.patching
+        name = "θ_r" if s.rule == "monotonic" else "θ"
+        self.info.value = (f"{s.rule}: {name} = <b>{s.threshold:.4f} nats</b> ({s.threshold / math.log(2):.4f} bits) "
+                           f"&middot; {p.count:,} patches, mean <b>{p.mean_length:.3f}</b> bytes "
+                           f"(target {s.target_mean:g}, off by {s.error:+.3f}) &middot; median {p.median_length:g}")
+        self.html.value = surprisal_html(self.analysis, start=int(self.start.value), length=self.window,
+                                         boundaries=p.mask)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
 
 
 def make_explorer(model, text: str | None = None, file: str | os.PathLike | None = None, max_bytes: int | None = 4096,

@@ -24,7 +24,8 @@ from .style import glyph, text_colour
 
 __all__ = ["new_axes", "finish", "save_figure", "show_and_save", "plot_byte_histogram", "plot_surprisal",
            "plot_surprisal_vs_entropy", "plot_next_byte", "plot_surprisal_text", "plot_bits_per_byte",
-           "plot_sweep", "LiveLossPlot"]
+           "plot_sweep", "LiveLossPlot", "plot_patches", "plot_bits_along", "plot_bits_by_kind",
+           "plot_checkpoint_difference"]
 
 
 def new_axes(ax=None, figsize=(8, 4)):
@@ -114,6 +115,12 @@ def _rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
     return pd.Series(values).rolling(max(1, int(window)), min_periods=1).mean().to_numpy()
 
 
+def _thinned(values: np.ndarray, points: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, values) at most ``points`` of them, evenly spaced: a line of a 1 MB file draws in milliseconds."""
+    step = max(1, values.shape[0] // points)
+    return np.arange(0, values.shape[0], step), values[::step]
+
+
 def plot_surprisal(analysis: ByteAnalysis, window: int = 64, ax=None):
     """Surprisal of every byte (thin), its rolling mean over ``window`` bytes (thick), and the entropy's rolling mean."""
     fig, ax, owned = new_axes(ax, (10, 3.5))
@@ -174,9 +181,8 @@ def plot_next_byte(analysis: ByteAnalysis, position: int, top_k: int = 20, ax=No
     ax.set_title(f"byte {position}: after {before!r}\nactual {byte_label(actual)}: {analysis.surprisal[position]:.2f} bits, "
                  f"entropy {analysis.entropy[position]:.2f} bits", fontsize=9, parse_math=False)
     if not table["is_actual"].any():
-        p = analysis.probs[position]
-        rank = int((p > p[actual]).sum()) + 1
-        ax.text(0.99, 0.95, f"actual {byte_label(actual)} not in top {len(table)}: rank {rank}, p = {p[actual]:.2e}",
+        rank, p_actual = int(analysis.rank[position]), 2.0 ** -analysis.surprisal[position]
+        ax.text(0.99, 0.95, f"actual {byte_label(actual)} not in top {len(table)}: rank {rank}, p = {p_actual:.2e}",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8, color="tab:orange", parse_math=False)
     return finish(fig, owned)
 
@@ -325,3 +331,75 @@ class LiveLossPlot:
 
     def save(self, path: str | os.PathLike) -> Path:
         return save_figure(self.fig, path)
+
+
+# ----------------------------------------------------------------------------- patches and where the bits go (05)
+
+def plot_patches(patchings):
+    """Two rows, one column per rule: patch lengths (top) and bits per patch (bottom), each rule's
+    histogram against its fixed-stride baseline of the same mean (``patching.solve_rules``' list)."""
+    pairs = [(patchings[i], patchings[i + 1]) for i in range(0, len(patchings) - 1, 2)]
+    fig, axes = plt.subplots(2, len(pairs), figsize=(4.2 * len(pairs), 6.0), layout="constrained", squeeze=False)
+    for column, (rule, fixed) in enumerate(pairs):
+        top, bottom = axes[0, column], axes[1, column]
+        longest = int(max(rule.lengths.max(initial=1), fixed.lengths.max(initial=1)))
+        edges = np.arange(0.5, min(longest, 64) + 1.5)
+        top.hist([rule.lengths, fixed.lengths], bins=edges, label=[rule.rule, f"fixed stride {fixed.threshold:.3g}"],
+                 color=["tab:blue", "tab:gray"])
+        top.set_title(f"{rule.rule}: {rule.count:,} patches, mean {rule.mean_length:.2f}, median {rule.median_length:g}",
+                      fontsize=9)
+        top.set_xlabel("patch length (bytes)")
+        top.legend(fontsize="small")
+        if rule.bits is not None and fixed.bits is not None and rule.count:
+            bottom.hist([rule.bits, fixed.bits], bins=40, label=[rule.rule, "fixed stride"], color=["tab:blue", "tab:gray"])
+            bottom.set_title(f"bits per patch: sd {rule.bits.std():.1f} ({fixed.bits.std():.1f} fixed); on first bytes "
+                             f"{100 * rule.first_byte_share:.1f}% ({100 * fixed.first_byte_share:.1f}%)", fontsize=8)
+        bottom.set_xlabel("model bits per patch")
+    axes[0, 0].set_ylabel("patches")
+    axes[1, 0].set_ylabel("patches")
+    return finish(fig)
+
+
+def plot_bits_along(sources, window: int = 512):
+    """Where the bits go along the file: each source's bits per byte (rolling mean over ``window`` bytes,
+    top) and its cumulative bits (bottom); sources are ``bits.BitSource``s (blm, model alone, cm alone)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5.5), layout="constrained", sharex=True)
+    for source in sources:
+        label = f"{source.name}: {source.bits_per_byte:.3f} bits/byte"
+        top.plot(*_thinned(_rolling_mean(source.bits, window)), lw=0.8, label=label)
+        bottom.plot(*_thinned(np.cumsum(source.bits) / 8192), lw=1.0, label=source.name)
+    top.set_ylabel(f"bits per byte ({window}-byte mean)")
+    top.legend(fontsize="small", loc="upper right")
+    bottom.set_ylabel("cumulative KiB")
+    bottom.set_xlabel("byte offset")
+    return finish(fig)
+
+
+def plot_bits_by_kind(table: pd.DataFrame, ax=None):
+    """Grouped bars: bits per byte by kind of byte for each source (``bits.kind_table``); shares in the labels."""
+    sources = [c for c in table.columns if c != "share_of_bytes"]
+    kinds = [k for k in table.index if table.loc[k, "share_of_bytes"] > 0]
+    fig, ax, owned = new_axes(ax, (max(6.0, 1.3 * len(kinds) + 2), 3.8))
+    width = 0.8 / max(1, len(sources))
+    x = np.arange(len(kinds))
+    for i, source in enumerate(sources):
+        bars = ax.bar(x + i * width, table.loc[kinds, source], width, label=source)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x + width * (len(sources) - 1) / 2,
+                  [f"{k}\n{100 * table.loc[k, 'share_of_bytes']:.1f}% of bytes" for k in kinds], fontsize=8)
+    ax.set_ylabel("bits per byte")
+    ax.legend(fontsize="small")
+    return finish(fig, owned)
+
+
+def plot_checkpoint_difference(per_byte: pd.DataFrame, names, window: int = 512, ax=None):
+    """The second checkpoint's bits minus the first's along the file (``bits.compare_bits``; rolling mean),
+    positive where the first spends less."""
+    fig, ax, owned = new_axes(ax, (10, 3.2))
+    diff = per_byte["difference"].to_numpy()
+    ax.plot(*_thinned(_rolling_mean(diff, window)), lw=0.8, color="tab:purple")
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set_xlabel("byte offset")
+    ax.set_ylabel(f"bits/byte, {window}-byte mean")
+    ax.set_title(f"{names[1]} minus {names[0]}: {diff.sum():+,.0f} bits in all; above 0, {names[0]} wins", fontsize=9)
+    return finish(fig, owned)

@@ -7,6 +7,8 @@ The four notebooks chain through files in one directory::
     checkpoint/best.pt     02  the model (plus checkpoint/metrics.jsonl and result.json)
     train.json             02  TrainRecord: the training run's headline numbers
     compression.csv/.md    04  the comparison table (``baselines.compare``)
+    traces.npz             04  per-byte traces of blm, the model alone and cm alone (``codec.trace.ByteTrace``)
+    lab.json               05  LabRecord: patch and bits figures of notebook 05
     figures/NAME.png       all every figure a notebook shows
     summary.json           runner  Summary: the headline numbers of the whole run
 
@@ -22,14 +24,18 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..baselines import bits_per_byte_by_compressor, neural_report, table_markdown
+from ..bits import kind_table
+from ..codec.trace import ByteTrace
 from ..data import Corpus, check_length, corpus_paths, load_corpus
 from ..errors import BlmError
 from ..files import atomic_write, read_input
+from ..patching import patch_table
 
-__all__ = ["RunDir", "CorpusRecord", "TrainRecord", "NeuralRecord", "Summary"]
+__all__ = ["RunDir", "CorpusRecord", "TrainRecord", "NeuralRecord", "LabRecord", "Summary"]
 
 
 def _json_default(value):
@@ -103,6 +109,37 @@ class NeuralRecord:
 
 
 @dataclass
+class LabRecord:
+    """``lab.json``: notebook 05's headline figures, and what they were measured on."""
+
+    measured_on: str  # e.g. "validation split (held out), first 65,536 bytes"
+    bytes: int
+    model_bits_per_byte: float  # the model's own mean surprisal on those bytes (analyze_bytes)
+    target_mean_length: float
+    patches: list  # one row of patching.patch_table per rule and its fixed-stride baseline
+    bits_by_kind: dict  # source (blm, model, cm, or the model's surprisal) -> kind -> bits per byte
+    traced_bytes: int | None = None  # bytes of 04's traces (None: the run has none)
+    compare_checkpoint: str = ""
+    compare_net_bits: float | None = None  # bits of compare_checkpoint minus the run's checkpoint
+
+    @classmethod
+    def measure(cls, measured_on: str, analysis, target_mean_length: float, patchings, sources,
+                traced_bytes: int | None = None, compare_checkpoint: str = "", wins: pd.DataFrame | None = None):
+        """The record of what 05 computed: ``patching.solve_rules``' list, ``bits.bit_sources``, and the
+        wins table of ``bits.compare_bits`` when a second checkpoint was compared."""
+        def plain(frame: pd.DataFrame) -> pd.DataFrame:  # JSON has no NaN: missing figures are null
+            return frame.astype(object).where(frame.notna(), None)
+
+        kinds = plain(kind_table(sources))
+        by_kind = {c: dict(kinds[c]) for c in kinds.columns if c != "share_of_bytes"}
+        net = None if wins is None else float(wins.set_index("kind").loc["all", "net_bits"])
+        return cls(measured_on=measured_on, bytes=len(analysis), model_bits_per_byte=analysis.mean_bits_per_byte,
+                   target_mean_length=float(target_mean_length),
+                   patches=plain(patch_table(patchings)).to_dict("records"), bits_by_kind=by_kind,
+                   traced_bytes=traced_bytes, compare_checkpoint=compare_checkpoint, compare_net_bits=net)
+
+
+@dataclass
 class Summary:
     """``summary.json``: the headline numbers of one run; parts whose notebook did not run are None."""
 
@@ -115,10 +152,11 @@ class Summary:
     compression_input_bytes: int | None = None
     all_round_trips_verified: bool | None = None
     neural: NeuralRecord | None = None
+    lab: LabRecord | None = None
 
     @classmethod
     def from_dict(cls, payload: dict) -> "Summary":
-        nested = {"corpus": CorpusRecord, "training": TrainRecord, "neural": NeuralRecord}
+        nested = {"corpus": CorpusRecord, "training": TrainRecord, "neural": NeuralRecord, "lab": LabRecord}
         values = dict(payload)
         for name, kind in nested.items():
             if values.get(name) is not None:
@@ -146,6 +184,9 @@ class RunDir:
     COMPRESSION = "compression"  # .csv and .md
     FIGURES = "figures"
     SUMMARY = "summary.json"
+    TRACES = "traces.npz"
+    LAB = "lab.json"
+    TRACE_FIELDS = ("data", "coded_bits", "model_bits", "neural_share", "segment", "position")
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser()
@@ -259,6 +300,42 @@ class RunDir:
         path = self.path / f"{self.COMPRESSION}.csv"
         return pd.read_csv(path) if path.is_file() else None
 
+    def write_traces(self, traces) -> Path | None:
+        """Write ``traces.npz`` from ``{name: ByteTrace}`` (names as 04's compressor rows); None values are skipped.
+
+        Nothing is written when no trace is given (the codec made none), and None is returned.
+        """
+        traces = {name: t for name, t in dict(traces).items() if t is not None}
+        if not traces:
+            return None
+        arrays = {"names": np.array(list(traces)), "methods": np.array([t.method for t in traces.values()]),
+                  "streams": np.array([t.streams for t in traces.values()], dtype=np.int64)}
+        for i, trace in enumerate(traces.values()):
+            for name in self.TRACE_FIELDS:
+                value = getattr(trace, name)
+                if value is not None:
+                    arrays[f"{i}.{name}"] = np.asarray(value)
+        return atomic_write(self.path / self.TRACES, lambda f: np.savez(f, **arrays))
+
+    def traces(self) -> dict[str, ByteTrace]:
+        """The traces 04 wrote, by name ({} when the run has none)."""
+        path = self.path / self.TRACES
+        if not path.is_file():
+            return {}
+        with np.load(path) as z:
+            out = {}
+            for i, (name, method) in enumerate(zip(z["names"].tolist(), z["methods"].tolist())):
+                fields = {f: z[f"{i}.{f}"] if f"{i}.{f}" in z.files else None for f in self.TRACE_FIELDS}
+                out[name] = ByteTrace(**fields, method=method, streams=int(z["streams"][i]))
+        return out
+
+    def write_lab(self, record: LabRecord) -> Path:
+        return _write_json(self.path / self.LAB, asdict(record))
+
+    def lab_record(self) -> LabRecord | None:
+        path = self.path / self.LAB
+        return LabRecord(**json.loads(path.read_text())) if path.is_file() else None
+
     # ------------------------------------------------------------------ figures and the summary
 
     def figure(self, name: str) -> Path:
@@ -271,7 +348,7 @@ class RunDir:
         summary = Summary(run_dir=str(self.path), parameters=dict(parameters),
                           timings_s={k: round(v, 2) for k, v in timings.items()},
                           corpus=self.corpus_record() if (self.path / self.CORPUS).is_file() else None,
-                          training=training)
+                          training=training, lab=self.lab_record())
         if training:
             summary.timings_s["training"] = round(training.elapsed_s, 2)
         table = self.compression_table()

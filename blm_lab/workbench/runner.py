@@ -41,7 +41,7 @@ def notebooks_dir() -> Path:
 
 
 NOTEBOOKS = ("01_data_prep.ipynb", "02_train_gpu.ipynb", "03_entropy_visualization.ipynb",
-             "04_compression_ratios.ipynb")
+             "04_compression_ratios.ipynb", "05_bits_and_patches.ipynb")
 SWEEP_NOTEBOOKS = ("02_train_gpu.ipynb", "04_compression_ratios.ipynb")
 KERNEL_NAME = "blm_lab"
 KERNEL_DISPLAY_NAME = "Python (blm_lab)"
