@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blm_lab.gpt import BytesGPT  # noqa: E402
 from blm_lab.training.config import add_train_arguments, configs_from_args, recipe  # noqa: E402
 from blm_lab.training.loop import train  # noqa: E402
+from blm_lab.workbench.watch import describe_record  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
 
@@ -40,7 +41,11 @@ def main() -> int:
         return 2
     train_cfg.dataset = known.data
     print(f"model: {model_cfg}\ntrain: {train_cfg}", flush=True)
-    result = train(train_cfg, model_cfg)
+    callback = None
+    if not sys.stdout.isatty():  # a log file: one line per evaluation instead of progress-bar frames
+        train_cfg.progress = False
+        callback = lambda record: print(describe_record(record), flush=True)  # noqa: E731
+    result = train(train_cfg, model_cfg, callback=callback)
     print("\nminutes  step  val_bpb  train_bpb  tokens/s")
     for r in result.history:
         tb = f"{r['train_bpb']:.4f}" if r["train_bpb"] is not None else "   -  "

@@ -5,6 +5,7 @@
     blm-lab decompress IN OUT [--model CKPT] [--json] [--ignore-compute-mismatch]
     blm-lab run [--run-dir DIR] [-p NAME VALUE ...] [--config params.yaml] [--force]
     blm-lab sweep --grid NAME=V1,V2 [NAME=V1,V2 ...] [--run-dir DIR] [-p NAME VALUE ...] [--config params.yaml]
+                  [--workers N | --scheduler ADDRESS] [--seeds K] [--resume]
 
 Errors print one line, ``error: ...``, naming the problem and the fix, and exit with status 2; every
 path is checked before any work starts. Outputs are written atomically, never over the input, and
@@ -111,9 +112,22 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _sweep_engine(args):
+    """Sequential unless --workers N (a local Dask cluster) or --scheduler ADDRESS (an existing one)."""
+    from .workbench.engine import Dask, Sequential
+
+    if args.workers is not None and args.scheduler:
+        raise ConfigError("give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+    if args.scheduler:
+        return Dask.connect(args.scheduler)
+    if args.workers is not None:
+        return Dask.local(args.workers)
+    return Sequential()
+
+
 def cmd_sweep(args) -> int:
     from .viz.figures import plot_sweep, save_figure
-    from .workbench.runner import grid_points, load_plan, sweep
+    from .workbench.runner import SEED_PARAM, grid_points, load_plan, seed_summary, sweep
 
     if bool(args.grid) == bool(args.plan):
         raise ConfigError("give --grid NAME=V1,V2 ... or --plan FILE.yaml (one of them)")
@@ -123,12 +137,20 @@ def cmd_sweep(args) -> int:
         params, points, compress = {}, grid_points(_parse_grid(args.grid)), True
     params.update(_notebook_params(args))
     table, curves = sweep(points, params, root=args.run_dir, progress=not args.quiet, force=args.force,
-                          compress=compress and not args.no_compress)
+                          compress=compress and not args.no_compress, engine=_sweep_engine(args), seeds=args.seeds,
+                          resume=args.resume)
     root = Path(table["run_dir"].iloc[0]).parent
-    save_figure(plot_sweep(table, curves), root / "sweep.png")
+    per_seed = seed_summary(table) if SEED_PARAM in table else None
+    save_figure(plot_sweep(table, curves, per_seed), root / "sweep.png")
+    failed = table[table["status"] != "done"]
     if not args.quiet:
         print(table.drop(columns=["run_dir"]).to_string(index=False))
         print(f"outputs: {root} (sweep.csv, sweep_curves.csv, sweep.md, sweep.png, one directory per point)")
+    if len(failed):
+        print(f"{len(failed)} of {len(table)} runs failed: {', '.join(failed['point'].astype(str))} (the error column "
+              f"of {root / 'sweep.csv'}); blm-lab sweep --resume --run-dir {root} with the same points reruns them",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -195,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="parameter values to combine, e.g. --grid n_layer=2,4 n_embd=64,128")
     grid.add_argument("--plan", default=None, help="YAML sweep plan: parameters, and points or grid (see benchmarks/sweeps/)")
     grid.add_argument("--no-compress", action="store_true", help="train only (skip notebook 04)")
+    grid.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="run the points on a local Dask cluster of N workers: one per GPU, or the CPU cores "
+                           "shared between them (default: one point after another in this process)")
+    grid.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                      help="run the points on an existing Dask cluster (tcp://HOST:8786); --run-dir must be a "
+                           "path every worker can write")
+    grid.add_argument("--seeds", type=int, default=1, metavar="K",
+                      help="repeat each point with K seeds; the table and plot show mean and spread")
+    grid.add_argument("--resume", action="store_true",
+                      help="in the existing --run-dir, rerun only the points that did not finish")
     _add_notebook_arguments(grid)
     return parser
 

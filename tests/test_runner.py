@@ -17,6 +17,7 @@ from blm_lab.training.loop import train
 from blm_lab.viz.figures import LiveLossPlot
 from blm_lab.workbench import runner
 from blm_lab.workbench.rundir import RunDir
+from conftest import REPO_ROOT
 
 
 @pytest.mark.parametrize("text, value", [
@@ -49,13 +50,13 @@ def test_check_parameters_names_the_valid_ones():
 
 
 def test_notebooks_declare_the_documented_parameters():
-    declared = runner.notebook_parameters(runner.NOTEBOOKS)
+    declared = runner.notebook_parameters(runner.NOTEBOOKS, REPO_ROOT / "notebooks")  # this checkout's notebooks
     expected = {
         "01_data_prep.ipynb": {"data_dir", "val_fraction", "block_size", "run_dir"},
         "02_train_gpu.ipynb": {"device", "amp", "n_layer", "n_head", "n_embd", "block_size", "mlp", "norm", "qk_norm",
                                "tie_embeddings", "value_residual", "dropout", "optimizer", "lr", "muon_lr", "schedule",
                                "decay_fraction", "warmup_steps", "weight_decay", "batch_size", "max_steps",
-                               "time_budget", "eval_interval", "nproc", "run_dir"},
+                               "time_budget", "eval_interval", "nproc", "seed", "run_dir"},
         "03_entropy_visualization.ipynb": {"checkpoint", "text", "file", "max_bytes", "position", "device", "run_dir"},
         "04_compression_ratios.ipynb": {"checkpoint", "files", "segments", "max_bytes", "device", "run_dir"},
         "05_bits_and_patches.ipynb": {"checkpoint", "compare_checkpoint", "file", "max_bytes", "target_mean_length",
@@ -155,13 +156,19 @@ def test_workbench_configs_use_the_cpu_recipe_with_a_time_budget(tmp_path):
         workbench_configs("cpu", tmp_path, dict(n_layers=2))
 
 
+ABLATION_MODEL = dict(mlp="relu2", norm="rmsnorm", qk_norm=True, tie_embeddings=True, value_residual=False)
+ABLATION_TRAIN = dict(optimizer="muon", muon_lr=0.02, schedule="wsd", decay_fraction=0.3, weight_decay=0.1, beta2=0.99)
+
+
 @pytest.mark.parametrize("name", ["cpu", "gpu"])
 def test_each_recipe_carries_the_ablation_winners_and_trains(name, corpus_dir, tmp_path):
     """Both recipes use what the CPU ablation kept, and each one's model and optimizers really train (here
     on the CPU, a few steps, float32: the GPU recipe's bf16 and torch.compile are for CUDA)."""
     train_cfg, model_cfg = recipe(name)
-    assert {k: getattr(model_cfg, k) for k in RECIPE_MODEL} == RECIPE_MODEL
-    assert {k: getattr(train_cfg, k) for k in RECIPE_TRAIN} == RECIPE_TRAIN
+    # what the README's CPU ablation kept, written out here: a recipe that drops one of them fails
+    assert {k: getattr(model_cfg, k) for k in ABLATION_MODEL} == ABLATION_MODEL
+    assert {k: getattr(train_cfg, k) for k in ABLATION_TRAIN} == ABLATION_TRAIN
+    assert RECIPE_MODEL == ABLATION_MODEL and RECIPE_TRAIN == ABLATION_TRAIN
     train_cfg = dataclasses.replace(train_cfg, dataset=str(corpus_dir), output_dir=str(tmp_path / name), device="cpu",
                                     amp=False, compile=False, batch_size=2, max_steps=6, warmup_steps=1,
                                     time_budget=0.0, eval_interval=3, eval_batches=1, progress=False)

@@ -19,7 +19,7 @@ from blm_lab.scoring import bits_per_byte
 from blm_lab.training.config import TrainConfig
 from blm_lab.training.loop import estimate_loss, get_lr, train
 
-METRIC_FIELDS = {"step", "epoch", "train_bpb", "val_bpb", "tokens_per_s", "lr", "elapsed_s"}
+METRIC_FIELDS = {"step", "epoch", "train_bpb", "val_bpb", "tokens_per_s", "lr", "elapsed_s", "fraction_done"}
 
 
 def read_metrics(out_dir) -> list[dict]:
@@ -63,6 +63,7 @@ def test_metrics_jsonl_has_the_documented_fields(make_train_config, tiny_config)
         assert isinstance(r["val_bpb"], float) and 0 < r["val_bpb"] < 16
         assert r["tokens_per_s"] > 0 and r["lr"] > 0 and r["elapsed_s"] > 0
     assert [r["elapsed_s"] for r in records] == sorted(r["elapsed_s"] for r in records)
+    assert [r["fraction_done"] for r in records] == pytest.approx([2 / 6, 4 / 6, 1.0])  # steps decide: no budget
     # epoch is the fraction of an epoch done: steps / steps_per_epoch
     steps_per_epoch = records[0]["step"] / records[0]["epoch"]
     assert records[-1]["epoch"] == pytest.approx(6 / steps_per_epoch, abs=1e-3)

@@ -222,6 +222,9 @@ def train(cfg: TrainConfig, model_cfg: BytesGPTConfig, corpus: Corpus | None = N
                 "tokens_per_s": state.tokens_since * dist_info.world_size / max(t_eval - t_last, 1e-9),  # training only
                 "lr": optimizers[0].param_groups[0]["lr"],
                 "elapsed_s": elapsed(),
+                # how far the run is towards its end (steps or time budget, whichever ends it first): time left
+                "fraction_done": min(1.0, max(state.step / total_steps,
+                                              elapsed() / cfg.time_budget if timed else 0.0)),
             }
             improved = val_bpb < state.best_val_bpb
             if improved:

@@ -210,23 +210,39 @@ def plot_bits_per_byte(df: pd.DataFrame, ax=None, title: str | None = None):
     return finish(fig, owned)
 
 
-def plot_sweep(table: pd.DataFrame, curves: pd.DataFrame):
+def plot_sweep(table: pd.DataFrame, curves: pd.DataFrame, per_seed: pd.DataFrame | None = None):
     """A sweep's runs on the held-out split: final bits per byte against parameters, and every run's
-    validation curve against training FLOPs and against wall-clock minutes (log axes)."""
+    validation curve against training FLOPs and against wall-clock minutes (log axes).
+
+    Failed runs (``status`` other than done) are left out. With ``per_seed`` (each point's mean and
+    ``val_bits_per_byte_std`` over its seeds) the first panel shows the mean with the spread as error bars,
+    and the curves of a point's seeds share its colour."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
+    if "status" in table:
+        table = table[table["status"] == "done"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained", sharey=True)
-    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(table["point"])}
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(dict.fromkeys(table["point"]))}
+    runs = ["point", "seed"] if "seed" in curves else ["point"]
     for ax, x, label in ((axes[1], "train_flops", "training FLOPs"), (axes[2], "minutes", "wall-clock minutes")):
-        for name, run in curves.groupby("point", sort=False):
-            ax.plot(run[x], run["val_bits_per_byte"], "o-", ms=3, color=colours.get(name), label=str(name))
+        labelled = set()
+        for key, run in curves.groupby(runs, sort=False):
+            name = key[0] if isinstance(key, tuple) else key
+            ax.plot(run[x], run["val_bits_per_byte"], "o-", ms=3, color=colours.get(name),
+                    label=None if name in labelled else str(name))
+            labelled.add(name)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_title(f"validation curve against {label}", fontsize=10)
 
     ax = axes[0]
+    if per_seed is not None:
+        table = per_seed
     params, bpb = table["num_params"].to_numpy(float), table["val_bits_per_byte"].to_numpy(float)
     ax.scatter(params, bpb, c=[colours[p] for p in table["point"]])
+    if per_seed is not None:
+        ax.errorbar(params, bpb, yerr=per_seed["val_bits_per_byte_std"].fillna(0).to_numpy(float), fmt="none",
+                    ecolor="0.4", capsize=3, lw=1)
     ax.set_xscale("log")
     ax.set_xlim(params.min() / 1.3, params.max() * 2.2)  # room on the right for the labels
     bottom, top = axes[1].get_ylim()  # shared with the curves, which set the range
@@ -249,7 +265,8 @@ def plot_sweep(table: pd.DataFrame, curves: pd.DataFrame):
     axes[2].legend(fontsize=7, loc="upper right")
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"sweep of {len(table)} runs")
+    fig.suptitle(f"sweep of {len(table)} points, mean and standard deviation over {int(per_seed['seeds'].max())} seeds"
+                 if per_seed is not None else f"sweep of {len(table)} runs")
     return finish(fig)
 
 
