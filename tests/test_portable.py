@@ -24,7 +24,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import blm_lab.codec.portable as P
+import blm_lab.codec.portable.model as P
 from blm_lab.codec.coder import BatchDecoder, BatchEncoder, quantize
 from blm_lab.errors import CheckpointError, ConfigError
 from blm_lab.gpt import BytesGPT, BytesGPTConfig
@@ -83,8 +83,8 @@ def streams_from(data: bytes, B: int, n: int) -> np.ndarray:
 def run_steps(pm: P.PortableModel, sym: np.ndarray, reference: bool = False) -> np.ndarray:
     """Freqs (n, B, 256) after feeding sym[:, t] for t < n (``reference``: the torch ops, not the CPU kernels)."""
     B, n = sym.shape
-    cache = pm.new_cache(B)
-    return np.stack([pm.step(torch.from_numpy(sym[:, t]), cache, reference) for t in range(n)])
+    cache = pm.new_cache(B, reference=reference)
+    return np.stack([pm.step(torch.from_numpy(sym[:, t]), cache) for t in range(n)])
 
 
 def sha(a: np.ndarray) -> str:
@@ -152,14 +152,14 @@ if args["mode"] == "steps":
         pm = P.PortableModel.from_float(model, **job.get("options", {}))
         res = {"fingerprint": pm.fingerprint().hex()}
         sym = np.array(job["sym"], dtype=np.int64)
-        cache, ref_cache = pm.new_cache(sym.shape[0]), pm.new_cache(sym.shape[0])
+        cache, ref_cache = pm.new_cache(sym.shape[0]), pm.new_cache(sym.shape[0], reference=True)
         h, hr, hf = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
         with torch.inference_mode():
             fc = model.new_cache(sym.shape[0])
             for t in range(sym.shape[1]):
                 h.update(pm.step(torch.from_numpy(sym[:, t]), cache).tobytes())
                 if job.get("reference", False):  # the torch ops (the CUDA path) too
-                    hr.update(pm.step(torch.from_numpy(sym[:, t]), ref_cache, reference=True).tobytes())
+                    hr.update(pm.step(torch.from_numpy(sym[:, t]), ref_cache).tobytes())
                 if job.get("float", True):
                     hf.update(model.step(torch.from_numpy(sym[:, t]), fc).numpy().tobytes())
         res["freqs_sha"] = h.hexdigest()
@@ -568,11 +568,11 @@ def test_tables_are_accurate():
     theta = pm.config["rope_base"] ** (-np.arange(0, hs, 2) / hs)
     assert np.allclose(F.astype(np.float64) / 2.0 ** 64 * 2 * math.pi, theta, rtol=1e-12)
     for pos in (0, 1, 7, 1000, 123457):
-        cos, sin = pm._rope_vectors(pos, "cpu")
+        cos, sin = pm.rope_cos_sin(pos)  # what both backends rotate q and k by
         ang = pos * theta
-        assert np.abs(cos.numpy()[: hs // 2] - np.cos(ang)).max() < 2e-5
-        assert np.abs(sin.numpy()[hs // 2: hs] - np.sin(ang)).max() < 2e-5
-        assert (cos.numpy()[-pm.n_embd:] == 1).all() and (sin.numpy()[-pm.n_embd:] == 0).all()
+        assert cos.dtype == sin.dtype == np.float32 and cos.shape == (hs // 2,)
+        assert np.abs(cos - np.cos(ang)).max() < 2e-5
+        assert np.abs(sin - np.sin(ang)).max() < 2e-5
 
 
 ODD = {"n_embd": 48, "n_head": 3, "mlp_ratio": 3, "block_size": 20}
@@ -672,21 +672,17 @@ def test_cpu_kernels_equal_the_torch_reference(case):
     pm = P.PortableModel.from_float(tiny_model(seed=41, **cfg), **options)
     for B in (1, 5):
         sym = streams_from(TEXT, B, pm.block_size + 9)
-        kern, ref = pm.new_cache(B), pm.new_cache(B)
+        kern, ref = pm.new_cache(B), pm.new_cache(B, reference=True)
         with P.ieee_fp32_matmuls():
             for t in range(sym.shape[1]):
                 idx = torch.from_numpy(sym[:, t])
-                a, b = pm.step_indices(idx, kern), pm.step_indices(idx, ref, reference=True)
+                a, b = pm.step_indices(idx, kern), pm.step_indices(idx, ref)
                 assert torch.equal(a, b), (case, B, t, int((a != b).sum()))
         assert kern.pos == ref.pos == sym.shape[1]
-        for name in ("k", "v", "sk", "sv"):  # the caches hold the same integers and scales too
-            for x, y in zip(getattr(kern, name), getattr(ref, name)):
-                assert torch.equal(x, y), name
-    # one cache, the two paths taking turns: the state is the cache's, not either path's
-    sym = streams_from(TEXT, 3, pm.block_size + 5)
-    mixed = pm.new_cache(3)
-    turns = np.stack([pm.step(torch.from_numpy(sym[:, t]), mixed, reference=t % 3 == 1) for t in range(sym.shape[1])])
-    assert np.array_equal(turns, run_steps(pm, sym))
+        mine, theirs = kern.state(), ref.state()  # the caches hold the same integers and scales too
+        for name in ("k", "v", "sk", "sv"):
+            for x, y in zip(mine[name], theirs[name], strict=True):
+                assert np.array_equal(x, y), name
 
 
 FMA_WORKER = r"""
@@ -694,7 +690,7 @@ import json, sys
 import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 import test_portable as T
-from blm_lab.codec import portable_cpu
+from blm_lab.codec.portable import cpu as portable_cpu
 for arch in ("default", "all_bias"):  # every kernel, and every branch of them, gets compiled
     T.run_steps(T.P.PortableModel.from_float(T.tiny_model(seed=42, **T.ARCH.get(arch, {}))), T.streams_from(T.TEXT, 2, 3))
 out = {}

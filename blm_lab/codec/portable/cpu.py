@@ -1,8 +1,8 @@
-"""The portable step on the CPU: numba kernels that compute ``portable.py``'s arithmetic, op for op.
+"""The portable step on the CPU: numba kernels that compute ``reference.py``'s arithmetic, op for op.
 
 Why
 ===
-``PortableModel``'s torch step is ~100 small tensor ops per layer (norm statistics, quantization,
+The torch step (``reference.py``) is ~100 small tensor ops per layer (norm statistics, quantization,
 rotation, the attention weights), each a few microseconds of dispatch at 28 streams: together more
 than the matmuls. Here each stretch of elementwise and per-row work between two matrix products is
 one kernel, so a layer is 6 kernels, 4 matmuls and 2 batched matmuls (the attention scores and P.V).
@@ -11,12 +11,12 @@ in int64), and the non-finite checks come before the clamps (which would hide a 
 
 The contract
 ============
-The kernels perform the *same* IEEE operations as the torch ops in ``portable.py``, on the same
+The kernels perform the *same* IEEE operations as the torch ops in ``reference.py``, on the same
 operands, in the same order, so the bits are the same (``tests/test_portable.py`` checks the two
 paths equal under every architecture option, and the golden files decode through this path):
 - every float32 op is written with float32 operands only (``np.float32`` constants; no Python float
   literal enters float32 arithmetic, which numba would widen to float64), so it rounds once (R2);
-- the norm statistics are float64 exactly where portable.py's are (R1, R2);
+- the norm statistics are float64 exactly where reference.py's are (R1, R2);
 - sums of integer-valued floats are exact in any order (R1), so loop order does not matter for them;
 - no fused multiply-add: numba compiles without fast-math, so LLVM never contracts a multiply and an
   add (``tests/test_portable.py`` checks the kernels' machine code for FMA instructions);
@@ -25,7 +25,7 @@ A non-finite value reaching a table index raises ``IndexError`` (as the torch pa
 does) instead of indexing out of bounds.
 
 The matrix products stay in torch (``torch.mm``, ``torch.bmm``), on integer-valued float32: exact in
-any order (R1). CUDA caches use the torch path in ``portable.py``, which stays the reference.
+any order (R1). CUDA caches use the torch path in ``reference.py``, which stays the reference.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _kernel = njit(cache=True, error_model="numpy", nogil=True)
 
 
 # ================================================================================================
-# Kernels (each mirrors a named function of portable.py; the comments give its ops)
+# Kernels (each mirrors a named function of reference.py; the comments give its ops)
 # ================================================================================================
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -62,7 +62,7 @@ def _round_scaled(v, inv, out):
 @njit(cache=True, error_model="numpy", inline="always")
 def _dequant(acc, s_col, s_row, bias):
     """acc = (acc * s_col) * s_row (+ bias), in place on a 1-D view: a Linear's integer output in true
-    units (``PortableModel._linear``'s callers), one rounding per op (R2)."""
+    units (``TorchBackend._linear``'s callers), one rounding per op (R2)."""
     for j in range(acc.shape[0]):
         acc[j] = acc[j] * s_col[j] * s_row
     if bias.shape[0] > 0:
@@ -72,7 +72,7 @@ def _dequant(acc, s_col, s_row, bias):
 
 @_kernel
 def _norm_rows(x, g, rms, P, Cf, invC, K1, qmax, tiny, zq, a):
-    """``PortableModel._norm_quant`` per row of x (B, C): zq (B, C) integer-valued, a (B,) float32.
+    """``TorchBackend._norm_quant`` per row of x (B, C): zq (B, C) integer-valued, a (B,) float32.
 
     m = max(max|x|, tiny); xi = rint(x * (P / m)); RMS: E = sum xi^2 (float64); LN: S = sum xi,
     xc = xi * C - S, E = sum xc^2 (float64); xc *= g; zq = rint(xc * (qmax / max(max|xc|, tiny)));
@@ -104,7 +104,7 @@ def _norm_rows(x, g, rms, P, Cf, invC, K1, qmax, tiny, zq, a):
 
 @_kernel
 def _quant_rows(x, qmax, tiny, xq, s):
-    """``PortableModel._quant_rows_`` per row of x (B, N): xq = rint(x * (qmax / m)), s = m / qmax."""
+    """``TorchBackend._quant_rows_`` per row of x (B, N): xq = rint(x * (qmax / m)), s = m / qmax."""
     for b in range(x.shape[0]):
         m = _absmax(x[b], tiny)
         _round_scaled(x[b], qmax / m, xq[b])
@@ -157,7 +157,7 @@ def _mlp_act(acc, s_col, a, bias, relu2, gelu, gelu_mul, gelu_off, gelu_hi, gelu
 @_kernel
 def _qkv(h, s_col, a, bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_hs, value_residual, v_mix, first_layer,
          v_first, cos, sin, q_qkv, tiny, kc, vc, skc, svc, slot, q, q_scale):
-    """``PortableModel._attention`` from the c_attn matmul output h (B, 3C) (changed in place) to the
+    """``TorchBackend._attention`` from the c_attn matmul output h (B, 3C) (changed in place) to the
     quantized queries q (B nh, 1, hs) and their scales (B nh,); this token's keys and values go into the
     cache slot: kc (B nh, hs, T) transposed, vc (B nh, T, hs), scales skc, svc (B nh, 1, T).
 
@@ -323,7 +323,7 @@ _EMPTY3 = np.zeros((0, 0, 0), np.float32)
 
 
 class _Arrays:
-    """numpy views and float32 scalars of a runtime's (or a cache's) tensors, for the kernels."""
+    """numpy views and float32 scalars of a runtime's tensors, for the kernels."""
 
 
 def _np(t, empty=_EMPTY1):
@@ -338,114 +338,115 @@ def _norm_consts(ln) -> tuple:
     return F32(ln.P.item()), F32(ln.C.item()), np.float64(ln.invC.item())
 
 
-def _kernel_arrays(pm, rt) -> _Arrays:
-    """The runtime's weights and constants as the kernels take them (built once per runtime)."""
-    k = getattr(rt, "cpu", None)
-    if k is not None:
-        return k
-    k = _Arrays()
-    C, hs = pm.n_embd, pm.head_size
-    ln = rt.ln[C]
-    k.P, k.Cf, k.invC = _norm_consts(ln)
-    k.K1 = np.float64((ln.K1r if pm.rms else ln.K1).item())
-    lh = rt.ln[hs]
-    k.P_hs, _, k.invC_hs = _norm_consts(lh)
-    k.K1r_hs = np.float64(lh.K1r.item())
-    k.q_act, k.q_hidden, k.tiny = _f32(rt.q_act), _f32(rt.q_hidden), F32(rt.tiny)
-    k.q_qkv = rt.q_qkv.reshape(-1).contiguous().numpy()
-    k.att_scale, k.logit_scale = _f32(rt.att_scale), _f32(rt.logit_scale)
-    k.exp_attn, k.n_attn = rt.exp_attn.numpy(), F32(rt.n_attn)
-    k.n_logit = F32(rt.n_logit)
-    k.u1, k.u2, k.u12 = _f32(rt.u1), _f32(rt.u2), _f32(rt.u12)
-    k.gelu = _np(rt.gelu)
-    k.gelu_mul, k.gelu_off, k.gelu_hi, k.gelu_R = (_f32(rt.gelu_mul), _f32(rt.gelu_off), F32(rt.gelu_hi),
-                                                   _f32(rt.gelu_R))
-    k.wte = rt.wte.numpy()
-    k.s_head, k.b_head, k.gf = rt.s_head.numpy(), _np(rt.b_head), _np(rt.gf)
-    k.layers = []
-    for L in rt.layers:
-        a = _Arrays()
-        a.s_attn, a.s_aproj, a.s_fc, a.s_mproj = (t.numpy() for t in (L.s_attn, L.s_aproj, L.s_fc, L.s_mproj))
-        a.b_attn, a.b_aproj, a.b_fc, a.b_mproj = (_np(t) for t in (L.b_attn, L.b_aproj, L.b_fc, L.b_mproj))
-        a.g1, a.g2 = _np(L.g1), _np(L.g2)
-        a.g_qk = _np(L.g_qk, _EMPTY2)
-        a.v_mix = F32(0.0) if L.v_mix is None else _f32(L.v_mix[0])
-        k.layers.append(a)
-    rt.cpu = k
-    return k
+class CpuCache:
+    """A CPU backend's cache: the K/V cache in ``reference.PortableCache``'s layout (numpy arrays) and the
+    step's working buffers (numpy arrays and torch views of the same memory, for torch.mm's out=)."""
 
+    def __init__(self, pm, batch_size: int):
+        self.batch_size, self.block_size, self.pos = batch_size, pm.block_size, 0
+        self.device = torch.device("cpu")
+        B, C, H, V = batch_size, pm.n_embd, pm.hidden, pm.vocab_size
+        R, hs, T = B * pm.n_head, pm.head_size, pm.block_size
+        z = lambda *shape: [np.zeros(shape, np.float32) for _ in range(pm.n_layer)]
+        self.k, self.v = z(R, hs, T), z(R, T, hs)  # (B nh, hs, T) keys transposed, (B nh, T, hs) values
+        self.sk, self.sv = z(R, 1, T), z(R, 1, T)  # their scales
+        self.k_t = [torch.from_numpy(a) for a in self.k]
+        self.v_t = [torch.from_numpy(a) for a in self.v]
+        for name, shape in (("x", (B, C)), ("zq", (B, C)), ("a", (B,)), ("h", (B, 3 * C)),
+                            ("yq", (B, C)), ("sy", (B,)), ("acc", (B, C)), ("hid", (B, H)), ("gq", (B, H)),
+                            ("sg", (B,)), ("logits", (B, V)), ("q", (R, 1, hs)), ("q_scale", (R,)),
+                            ("scores", (R * T,)), ("factor", (R,)), ("o", (R, 1, hs))):
+            arr = np.zeros(shape, np.float32)
+            setattr(self, name, arr)
+            setattr(self, name + "_t", torch.from_numpy(arr))
+        self.ind = np.zeros((B, V), np.int64)
+        self.v_first = np.zeros((B, pm.n_head, pm.head_size), np.float32) if pm.value_residual else _EMPTY3
 
-def _workspace(pm, cache) -> _Arrays:
-    """Per-cache buffers (numpy arrays and torch views of the same memory, for torch.mm's out=)."""
-    w = getattr(cache, "cpu", None)
-    if w is not None:
-        return w
-    w = _Arrays()
-    B, C, H, V = cache.batch_size, pm.n_embd, pm.hidden, pm.vocab_size
-    for name, shape in (("x", (B, C)), ("zq", (B, C)), ("a", (B,)), ("h", (B, 3 * C)),
-                        ("yq", (B, C)), ("sy", (B,)), ("acc", (B, C)), ("hid", (B, H)), ("gq", (B, H)),
-                        ("sg", (B,)), ("logits", (B, V))):
-        arr = np.zeros(shape, np.float32)
-        setattr(w, name, arr)
-        setattr(w, name + "_t", torch.from_numpy(arr))
-    R, hs, T = B * pm.n_head, pm.head_size, cache.block_size
-    for name, shape in (("q", (R, 1, hs)), ("q_scale", (R,)), ("scores", (R * T,)), ("factor", (R,)),
-                        ("o", (R, 1, hs))):
-        arr = np.zeros(shape, np.float32)
-        setattr(w, name, arr)
-        setattr(w, name + "_t", torch.from_numpy(arr))
-    w.ind = np.zeros((B, V), np.int64)
-    w.v_first = np.zeros((B, pm.n_head, pm.head_size), np.float32) if pm.value_residual else _EMPTY3
-    w.k = [t.numpy() for t in cache.k]
-    w.v = [t.numpy() for t in cache.v]
-    w.sk = [t.numpy() for t in cache.sk]
-    w.sv = [t.numpy() for t in cache.sv]
-    cache.cpu = w
-    return w
+    def state(self) -> dict[str, list[np.ndarray]]:
+        """The cached integers and scales per layer in the reference layout (for comparing backends)."""
+        return {"k": self.k, "v": self.v, "sk": self.sk, "sv": self.sv}
 
 
 def _mm(xq_t, weight, dtype, out_t):
-    """``PortableModel._linear`` into a preallocated buffer: exact (R1) in float32, or float64 rounded once."""
+    """The exact integer matmul into a preallocated buffer: float32 (R1), or float64 rounded once."""
     if dtype == torch.float32:
         torch.mm(xq_t, weight, out=out_t)
     else:
         out_t.copy_(torch.mm(xq_t.to(dtype), weight))
 
 
-def step_indices(pm, rt, idx: np.ndarray, cache) -> np.ndarray:
-    """``PortableModel.step_indices`` on a CPU cache: the (B, 256) int64 exp-table indices (a new array)."""
-    k, w = _kernel_arrays(pm, rt), _workspace(pm, cache)
-    dt = pm._dt
-    pos = cache.pos
-    slot = pos % cache.block_size
-    filled = min(pos + 1, cache.block_size)
-    cos, sin = pm._rope_cos_sin(pos)
-    x = w.x
-    np.take(k.wte, idx, axis=0, out=x)  # exact gather
-    norm = (pm.rms, k.P, k.Cf, k.invC, k.K1, k.q_act, k.tiny)
-    _norm_rows(x, k.layers[0].g1, *norm, w.zq, w.a)
-    for layer, (L, Lt) in enumerate(zip(k.layers, rt.layers)):
-        _mm(w.zq_t, Lt.w_attn, dt["attn_in"], w.h_t)
-        kc, vc, skc, svc = w.k[layer], w.v[layer], w.sk[layer], w.sv[layer]
-        _qkv(w.h, L.s_attn, w.a, L.b_attn, pm._qkv_true_units, pm.qk_norm, L.g_qk, k.P_hs, k.invC_hs, k.K1r_hs,
-             pm.value_residual, L.v_mix, layer == 0, w.v_first, cos, sin, k.q_qkv, k.tiny, kc, vc, skc, svc, slot,
-             w.q, w.q_scale)
-        R = w.q.shape[0]
-        scores_t = w.scores_t[: R * filled].view(R, 1, filled)
-        torch.bmm(w.q_t, cache.k[layer][:, :, :filled], out=scores_t)  # (B nh, 1, L) exact integers (R1)
-        _attn_weights(scores_t.numpy(), skc, svc, w.q_scale, k.att_scale, k.exp_attn, k.n_attn, k.u1, k.u2,
-                      k.u12, k.tiny, w.factor)
-        torch.bmm(scores_t, cache.v[layer][:, :filled], out=w.o_t)  # (B nh, 1, hs) exact (R1)
-        _attn_out(w.o, w.factor, k.q_act, k.tiny, w.yq, w.sy)
-        _mm(w.yq_t, Lt.w_aproj, dt["attn_out"], w.acc_t)
-        _residual_norm(w.acc, L.s_aproj, w.sy, L.b_aproj, x, L.g2, *norm, w.zq, w.a)
-        _mm(w.zq_t, Lt.w_fc, dt["mlp_in"], w.hid_t)
-        _mlp_act(w.hid, L.s_fc, w.a, L.b_fc, pm.relu2, k.gelu, k.gelu_mul, k.gelu_off, k.gelu_hi, k.gelu_R,
-                 k.q_hidden, k.tiny, w.gq, w.sg)
-        _mm(w.gq_t, Lt.w_mproj, dt["mlp_hidden"], w.acc_t)
-        g_next = k.layers[layer + 1].g1 if layer + 1 < len(k.layers) else k.gf
-        _residual_norm(w.acc, L.s_mproj, w.sg, L.b_mproj, x, g_next, *norm, w.zq, w.a)
-    _mm(w.zq_t, rt.w_head, dt["head_in"], w.logits_t)
-    _head(w.logits, k.s_head, w.a, k.logit_scale, k.b_head, k.n_logit, w.ind)
-    cache.pos = pos + 1
-    return w.ind.copy()
+class CpuBackend:
+    """The numba kernels of the portable step on the CPU (the torch ops' arithmetic, op for op). Built from
+    the model's public plan and its CPU ``Runtime``, whose weights and constants it keeps as numpy arrays."""
+
+    def __init__(self, pm, rt):
+        self.pm, self.rt = pm, rt
+        C, hs = pm.n_embd, pm.head_size
+        ln = rt.ln[C]
+        self.P, self.Cf, self.invC = _norm_consts(ln)
+        self.K1 = np.float64((ln.K1r if pm.rms else ln.K1).item())
+        lh = rt.ln[hs]
+        self.P_hs, _, self.invC_hs = _norm_consts(lh)
+        self.K1r_hs = np.float64(lh.K1r.item())
+        self.q_act, self.q_hidden, self.tiny = _f32(rt.q_act), _f32(rt.q_hidden), F32(rt.tiny)
+        self.q_qkv = rt.q_qkv.reshape(-1).contiguous().numpy()
+        self.att_scale, self.logit_scale = _f32(rt.att_scale), _f32(rt.logit_scale)
+        self.exp_attn, self.n_attn = rt.exp_attn.numpy(), F32(rt.n_attn)
+        self.n_logit = F32(rt.n_logit)
+        self.u1, self.u2, self.u12 = _f32(rt.u1), _f32(rt.u2), _f32(rt.u12)
+        self.gelu = _np(rt.gelu)
+        self.gelu_mul, self.gelu_off, self.gelu_hi, self.gelu_R = (_f32(rt.gelu_mul), _f32(rt.gelu_off),
+                                                                   F32(rt.gelu_hi), _f32(rt.gelu_R))
+        self.wte = rt.wte.numpy()
+        self.s_head, self.b_head, self.gf = rt.s_head.numpy(), _np(rt.b_head), _np(rt.gf)
+        self.layers = []
+        for L in rt.layers:
+            a = _Arrays()
+            a.s_attn, a.s_aproj, a.s_fc, a.s_mproj = (t.numpy() for t in (L.s_attn, L.s_aproj, L.s_fc, L.s_mproj))
+            a.b_attn, a.b_aproj, a.b_fc, a.b_mproj = (_np(t) for t in (L.b_attn, L.b_aproj, L.b_fc, L.b_mproj))
+            a.g1, a.g2 = _np(L.g1), _np(L.g2)
+            a.g_qk = _np(L.g_qk, _EMPTY2)
+            a.v_mix = F32(0.0) if L.v_mix is None else _f32(L.v_mix[0])
+            a.w_attn, a.w_aproj, a.w_fc, a.w_mproj = L.w_attn, L.w_aproj, L.w_fc, L.w_mproj
+            self.layers.append(a)
+
+    def new_cache(self, batch_size: int) -> CpuCache:
+        return CpuCache(self.pm, batch_size)
+
+    def step_indices(self, idx: torch.Tensor, cache: CpuCache) -> torch.Tensor:
+        """The (B, 256) int64 exp-table indices after feeding idx (B,) (a new tensor)."""
+        pm, rt, w = self.pm, self.rt, cache
+        dt = pm.matmul_dtypes
+        pos = cache.pos
+        slot = pos % cache.block_size
+        filled = min(pos + 1, cache.block_size)
+        cos, sin = pm.rope_cos_sin(pos)
+        x = w.x
+        np.take(self.wte, idx.numpy(), axis=0, out=x)  # exact gather
+        norm = (pm.rms, self.P, self.Cf, self.invC, self.K1, self.q_act, self.tiny)
+        _norm_rows(x, self.layers[0].g1, *norm, w.zq, w.a)
+        for layer, L in enumerate(self.layers):
+            _mm(w.zq_t, L.w_attn, dt["attn_in"], w.h_t)
+            kc, vc, skc, svc = w.k[layer], w.v[layer], w.sk[layer], w.sv[layer]
+            _qkv(w.h, L.s_attn, w.a, L.b_attn, pm.qkv_true_units, pm.qk_norm, L.g_qk, self.P_hs, self.invC_hs,
+                 self.K1r_hs, pm.value_residual, L.v_mix, layer == 0, w.v_first, cos, sin, self.q_qkv, self.tiny,
+                 kc, vc, skc, svc, slot, w.q, w.q_scale)
+            R = w.q.shape[0]
+            scores_t = w.scores_t[: R * filled].view(R, 1, filled)
+            torch.bmm(w.q_t, w.k_t[layer][:, :, :filled], out=scores_t)  # (B nh, 1, L) exact integers (R1)
+            _attn_weights(scores_t.numpy(), skc, svc, w.q_scale, self.att_scale, self.exp_attn, self.n_attn,
+                          self.u1, self.u2, self.u12, self.tiny, w.factor)
+            torch.bmm(scores_t, w.v_t[layer][:, :filled], out=w.o_t)  # (B nh, 1, hs) exact (R1)
+            _attn_out(w.o, w.factor, self.q_act, self.tiny, w.yq, w.sy)
+            _mm(w.yq_t, L.w_aproj, dt["attn_out"], w.acc_t)
+            _residual_norm(w.acc, L.s_aproj, w.sy, L.b_aproj, x, L.g2, *norm, w.zq, w.a)
+            _mm(w.zq_t, L.w_fc, dt["mlp_in"], w.hid_t)
+            _mlp_act(w.hid, L.s_fc, w.a, L.b_fc, pm.relu2, self.gelu, self.gelu_mul, self.gelu_off, self.gelu_hi,
+                     self.gelu_R, self.q_hidden, self.tiny, w.gq, w.sg)
+            _mm(w.gq_t, L.w_mproj, dt["mlp_hidden"], w.acc_t)
+            g_next = self.layers[layer + 1].g1 if layer + 1 < len(self.layers) else self.gf
+            _residual_norm(w.acc, L.s_mproj, w.sg, L.b_mproj, x, g_next, *norm, w.zq, w.a)
+        _mm(w.zq_t, rt.w_head, dt["head_in"], w.logits_t)
+        _head(w.logits, self.s_head, w.a, self.logit_scale, self.b_head, self.n_logit, w.ind)
+        cache.pos = pos + 1
+        return torch.from_numpy(w.ind.copy())
