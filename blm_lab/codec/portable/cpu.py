@@ -154,144 +154,158 @@ def _mlp_act(acc, s_col, a, bias, relu2, gelu, gelu_mul, gelu_off, gelu_hi, gelu
     _quant_rows(gq, qmax, tiny, gq, sg)
 
 
-@_kernel
-def _qkv(h, s_col, a, bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_hs, value_residual, v_mix, first_layer,
-         v_first, cos, sin, q_qkv, tiny, kc, vc, skc, svc, slot, q, q_scale):
-    """``TorchBackend._attention`` from the c_attn matmul output h (B, 3C) (changed in place) to the
-    quantized queries q (B nh, 1, hs) and their scales (B nh,); this token's keys and values go into the
-    cache slot: kc (B nh, hs, T) transposed, vc (B nh, T, hs), scales skc, svc (B nh, 1, T).
+@njit(cache=True, error_model="numpy", inline="always")
+def _qkv_row(hb, s_col, a, bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_hs, value_residual, v_mix,
+             first_layer, vf, cos, sin, q_qkv, tiny, kc, vc, skc, svc, row0, slot, q, q_scale):
+    """``TorchBackend._attention`` for one row, from the c_attn matmul output hb (3C,) (changed in place)
+    to the quantized queries q (nh, hs) (integers) and their scales q_scale (nh,); this token's keys and
+    values go into the cache slot: kc (B nh, hs, T) and vc (B nh, T, hs) integers, skc, svc (B nh, T) scales.
 
-    Per row: column scale (true units: times a, plus bias); per q/k head QK-norm (``_qk_norm_``); per
-    v head the value residual; the rotation x1 c + x2 (-s), x2 c + x1 s (v heads: c = 1, s = 0); the
-    per-head quantization rint(x (Q / m)), scale m / Q, times a (or, with QK-norm, times r)."""
-    B = h.shape[0]
+    Column scale (true units: times a, plus bias); per q/k head QK-norm (``_qk_norm_``); per v head the
+    value residual; the rotation x1 c + x2 (-s), x2 c + x1 s (v heads: c = 1, s = 0); the per-head
+    quantization rint(x (Q / m)), scale m / Q, times a (or, with QK-norm, times r)."""
     nh, half = q_qkv.shape[0] // 3, cos.shape[0]
     hs = 2 * half
     zero, one = F32(0.0), F32(1.0)
-    nsin = -sin
-    for b in range(B):
-        hb = h[b]
-        if true_units:  # (acc * s_col) * a (+ bias)
-            _dequant(hb, s_col, a[b], bias)
-        else:  # acc * s_col (* 1, exact): the row scale a is applied to the per-head scales below
-            _dequant(hb, s_col, one, bias)  # no bias without true units
-        for hd in range(3 * nh):  # q heads, k heads, v heads
-            x = hb[hd * hs:(hd + 1) * hs]
-            is_qk = hd < 2 * nh
-            r_qk = one
-            if qk_norm and is_qk:  # ``_qk_norm_``: rms_norm(x) g ~ (rint(x P / m) g) r
-                m = _absmax(x, tiny)
-                if not m < np.inf:
-                    raise IndexError("non-finite activation in the portable step")
-                pm = P_hs / m
-                E = 0.0
-                for d in range(hs):
-                    xi = np.rint(x[d] * pm)
-                    E += np.float64(xi) * np.float64(xi)  # exact (R1)
-                    x[d] = xi * g_qk[hd, d]
-                md = np.float64(m)
-                r_qk = F32(1.0 / np.sqrt(E * invC_hs + K1r_hs / (md * md)))
-            if value_residual and not is_qk:
-                vf = v_first[b, hd - 2 * nh]
-                if first_layer:
-                    for d in range(hs):
-                        vf[d] = x[d]
-                else:  # v + (v_first - v) v_mix: three roundings, gpt.py's order
-                    for d in range(hs):
-                        x[d] = x[d] + (vf[d] - x[d]) * v_mix
-            if is_qk:
-                for d in range(half):
-                    x1, x2 = x[d], x[half + d]
-                    x[d] = x1 * cos[d] + x2 * nsin[d]
-                    x[half + d] = x2 * cos[d] + x1 * sin[d]
-            else:
-                for d in range(half):
-                    x1, x2 = x[d], x[half + d]
-                    x[d] = x1 * one + x2 * zero
-                    x[half + d] = x2 * one + x1 * zero
+    if true_units:  # (acc * s_col) * a (+ bias)
+        _dequant(hb, s_col, a, bias)
+    else:  # acc * s_col (* 1, exact): the row scale a is applied to the per-head scales below
+        _dequant(hb, s_col, one, bias)  # no bias without true units
+    for hd in range(3 * nh):  # q heads, k heads, v heads
+        x = hb[hd * hs:(hd + 1) * hs]
+        is_qk = hd < 2 * nh
+        r_qk = one
+        if qk_norm and is_qk:  # ``_qk_norm_``: rms_norm(x) g ~ (rint(x P / m) g) r
             m = _absmax(x, tiny)
-            qm = q_qkv[hd]
-            _round_scaled(x, qm / m, x)
-            sc = m / qm
-            if not true_units:
-                sc = sc * a[b]
-            elif qk_norm and is_qk:
-                sc = sc * r_qk
-            row = b * nh + hd % nh
-            if hd < nh:
-                qr = q[row, 0]
+            if not m < np.inf:
+                raise IndexError("non-finite activation in the portable step")
+            pm = P_hs / m
+            E = 0.0
+            for d in range(hs):
+                xi = np.rint(x[d] * pm)
+                E += np.float64(xi) * np.float64(xi)  # exact (R1)
+                x[d] = xi * g_qk[hd, d]
+            md = np.float64(m)
+            r_qk = F32(1.0 / np.sqrt(E * invC_hs + K1r_hs / (md * md)))
+        if value_residual and not is_qk:
+            v0 = vf[hd - 2 * nh]
+            if first_layer:
                 for d in range(hs):
-                    qr[d] = x[d]
-                q_scale[row] = sc
-            elif is_qk:
+                    v0[d] = x[d]
+            else:  # v + (v_first - v) v_mix: three roundings, gpt.py's order
                 for d in range(hs):
-                    kc[row, d, slot] = x[d]
-                skc[row, 0, slot] = sc
-            else:
-                vr = vc[row, slot]
-                for d in range(hs):
-                    vr[d] = x[d]
-                svc[row, 0, slot] = sc
+                    x[d] = x[d] + (v0[d] - x[d]) * v_mix
+        if is_qk:
+            for d in range(half):
+                x1, x2 = x[d], x[half + d]
+                x[d] = x1 * cos[d] + x2 * -sin[d]
+                x[half + d] = x2 * cos[d] + x1 * sin[d]
+        else:
+            for d in range(half):
+                x1, x2 = x[d], x[half + d]
+                x[d] = x1 * one + x2 * zero
+                x[half + d] = x2 * one + x1 * zero
+        m = _absmax(x, tiny)
+        qm = q_qkv[hd]
+        _round_scaled(x, qm / m, x)  # integers, |x| <= qm
+        sc = m / qm
+        if not true_units:
+            sc = sc * a
+        elif qk_norm and is_qk:
+            sc = sc * r_qk
+        if hd < nh:
+            for d in range(hs):
+                q[hd, d] = x[d]
+            q_scale[hd] = sc
+        elif is_qk:
+            kr = kc[row0 + hd - nh]
+            for d in range(hs):
+                kr[d, slot] = x[d]  # exact: an integer within the cache's integer type
+            skc[row0 + hd - nh, slot] = sc
+        else:
+            vr = vc[row0 + hd - 2 * nh, slot]
+            for d in range(hs):
+                vr[d] = x[d]
+            svc[row0 + hd - 2 * nh, slot] = sc
 
 
-@_kernel
-def _attn_weights(lg, sk, sv, q_scale, att_scale, exp_attn, n_attn, u1c, u2c, u12, tiny, factor):
-    """``_attention``'s softmax weights, in place on the exact scores lg (B nh, 1, L): l = (lg s_k)
-    (s_q att_scale); w = EXP_A[min(rint(max l - l), N_A)]; u = w s_v; u1 = rint(u (U1 / max u));
-    lg becomes uq = rint(u1 (U2 / sum u1)), and factor (B nh,) = (max u sum u1) / (sum w U1 U2).
-    The sums are of integers (exact, R1): they are kept in int64, which lets the loops vectorize."""
-    R, L = lg.shape[0], lg.shape[2]
+@njit(cache=True, error_model="numpy", inline="always")
+def _attend_head(qr, kr, vr, skr, svr, fq, exp_attn, n_attn, u1c, u2c, u12, tiny, filled, l, o, y):
+    """One (row, head) of ``_attention`` after the cache write, over the filled slots: the exact scores
+    q . k (|.| <= Q^2 hs <= 2**24, R1), l = (score s_k) (s_q att_scale); w = EXP_A[min(rint(max l - l),
+    N_A)]; u = w s_v; u1 = rint(u (U1 / max u)); uq = rint(u1 (U2 / sum u1)); o = uq . V (exact, R1);
+    y = o * ((max u sum u1) / (sum w U1 U2)). The weight sums are kept in int64, which lets the loops vectorize;
+    the two products run over the cache's contiguous dimension (keys are stored transposed), so they vectorize
+    without reassociating anything."""
+    hs = qr.shape[0]
     zero = F32(0.0)
-    for r in range(R):
-        l = lg[r, 0]
-        skr, svr = sk[r, 0], sv[r, 0]
-        fq = q_scale[r] * att_scale
-        for t in range(L):
-            l[t] = l[t] * skr[t] * fq
-        mx = F32(-np.inf)
-        for t in range(L):
-            mx = max(mx, l[t])
-        bad = 0
-        for t in range(L):
-            d = np.rint(-l[t] + mx)
-            bad += not d >= zero  # NaN (checked before the clamp, which would hide it)
-            l[t] = min(d, n_attn)
-        if bad:
-            raise IndexError("non-finite activation in the portable step")
-        wsum = 0
-        um = tiny
-        for t in range(L):
-            w = exp_attn[np.int64(l[t])]
-            wsum += np.int64(w)  # exact: integers <= 2**15
-            u = w * svr[t]
-            l[t] = u
-            um = max(um, u)
-        f1 = u1c / um
-        s1 = 0
-        for t in range(L):
-            u = np.rint(l[t] * f1)
-            l[t] = u
-            s1 += np.int64(u)  # exact: sum <= 2**24
-        s1f = F32(s1)
-        f2 = u2c / s1f
-        for t in range(L):
-            l[t] = np.rint(l[t] * f2)
-        factor[r] = (um * s1f) / (F32(wsum) * u12)
+    for t in range(filled):
+        l[t] = zero
+    for d in range(hs):  # l[t] = sum_d q[d] k[d, t]: exact integers in float32 (R1), vectorized over t
+        qd = qr[d]
+        kd = kr[d]
+        for t in range(filled):
+            l[t] = l[t] + qd * F32(kd[t])
+    for t in range(filled):
+        l[t] = l[t] * skr[t] * fq
+    mx = F32(-np.inf)
+    for t in range(filled):
+        mx = max(mx, l[t])
+    bad = 0
+    for t in range(filled):
+        d = np.rint(-l[t] + mx)
+        bad += not d >= zero  # NaN (checked before the clamp, which would hide it)
+        l[t] = min(d, n_attn)
+    if bad:
+        raise IndexError("non-finite activation in the portable step")
+    wsum = 0
+    um = tiny
+    for t in range(filled):
+        w = exp_attn[np.int64(l[t])]
+        wsum += np.int64(w)  # exact: integers <= 2**15
+        u = w * svr[t]
+        l[t] = u
+        um = max(um, u)
+    f1 = u1c / um
+    s1 = 0
+    for t in range(filled):
+        u = np.rint(l[t] * f1)
+        l[t] = u
+        s1 += np.int64(u)  # exact: sum <= 2**24
+    s1f = F32(s1)
+    f2 = u2c / s1f
+    for d in range(hs):
+        o[d] = zero
+    for t in range(filled):  # o = uq . V: exact integers in float32 (Q_v sum uq <= 2**24, R1), vectorized over d
+        ut = np.rint(l[t] * f2)  # uq: an integer <= U2 + 1
+        vt = vr[t]
+        for d in range(hs):
+            o[d] = o[d] + ut * F32(vt[d])
+    factor = (um * s1f) / (F32(wsum) * u12)
+    for d in range(hs):
+        y[d] = o[d] * factor  # one rounding
 
 
 @_kernel
-def _attn_out(o, factor, qmax, tiny, yq, sy):
-    """y = o * factor per (row, head) (one rounding; o (B nh, 1, hs) is P.V, exact), then ``_quant_rows``
-    of y (B, C) into yq, sy."""
-    B = yq.shape[0]
-    nh, hs = o.shape[0] // B, o.shape[2]
+def _attention(h, s_col, a, bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_hs, value_residual, v_mix, first_layer,
+               v_first, cos, sin, q_qkv, tiny, kc, vc, skc, svc, slot, filled, att_scale, exp_attn, n_attn, u1c, u2c,
+               u12, qmax, q, q_scale, l, o, yq, sy):
+    """``TorchBackend._attention`` from the c_attn matmul output h (B, 3C) (changed in place) to the
+    quantized attention output yq (B, C), sy (B,), ready for c_proj: per row, the q/k/v heads into the
+    cache (``_qkv_row``), then each head's attention (``_attend_head``), then ``_quant_rows`` of the row.
+    Rows are independent (R5), so each row runs start to end before the next. q, q_scale, l, o: scratch."""
+    B = h.shape[0]
+    nh = q_qkv.shape[0] // 3
+    hs = h.shape[1] // (3 * nh)
     for b in range(B):
+        vf = v_first[b] if value_residual else v_first[0]
+        _qkv_row(h[b], s_col, a[b], bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_hs, value_residual, v_mix,
+                 first_layer, vf, cos, sin, q_qkv, tiny, kc, vc, skc, svc, b * nh, slot, q, q_scale)
         yb = yq[b]
         for hd in range(nh):
-            orow = o[b * nh + hd, 0]
-            f = factor[b * nh + hd]
-            for d in range(hs):
-                yb[hd * hs + d] = orow[d] * f
+            r = b * nh + hd
+            _attend_head(q[hd], kc[r], vc[r], skc[r], svc[r], q_scale[hd] * att_scale, exp_attn, n_attn, u1c, u2c,
+                         u12, tiny, filled, l, o, yb[hd * hs:(hd + 1) * hs])
     _quant_rows(yq, qmax, tiny, yq, sy)
 
 
@@ -338,33 +352,42 @@ def _norm_consts(ln) -> tuple:
     return F32(ln.P.item()), F32(ln.C.item()), np.float64(ln.invC.item())
 
 
-class CpuCache:
-    """A CPU backend's cache: the K/V cache in ``reference.PortableCache``'s layout (numpy arrays) and the
-    step's working buffers (numpy arrays and torch views of the same memory, for torch.mm's out=)."""
+def _int_type(qmax: int):
+    """The narrowest integer type that holds [-qmax, qmax] exactly (the cache's quantized keys or values)."""
+    return np.int8 if qmax <= 127 else np.int16
 
-    def __init__(self, pm, batch_size: int):
+
+class CpuCache:
+    """A CPU backend's cache: per layer the quantized keys and values as integers, ``k`` (B nh, hs, T) (stored
+    transposed, as the reference's), ``v`` (B nh, T, hs) (int8, or int16 for more than 8 bits: a quarter of float32's memory traffic, which is what the attention
+    costs at many streams), their scales ``sk``, ``sv`` (B nh, T) float32; and the step's working buffers
+    (numpy arrays, with torch views of the same memory for torch.mm's out=)."""
+
+    def __init__(self, pm, batch_size: int, qk_max: int, v_max: int):
         self.batch_size, self.block_size, self.pos = batch_size, pm.block_size, 0
         self.device = torch.device("cpu")
         B, C, H, V = batch_size, pm.n_embd, pm.hidden, pm.vocab_size
-        R, hs, T = B * pm.n_head, pm.head_size, pm.block_size
-        z = lambda *shape: [np.zeros(shape, np.float32) for _ in range(pm.n_layer)]
-        self.k, self.v = z(R, hs, T), z(R, T, hs)  # (B nh, hs, T) keys transposed, (B nh, T, hs) values
-        self.sk, self.sv = z(R, 1, T), z(R, 1, T)  # their scales
-        self.k_t = [torch.from_numpy(a) for a in self.k]
-        self.v_t = [torch.from_numpy(a) for a in self.v]
-        for name, shape in (("x", (B, C)), ("zq", (B, C)), ("a", (B,)), ("h", (B, 3 * C)),
-                            ("yq", (B, C)), ("sy", (B,)), ("acc", (B, C)), ("hid", (B, H)), ("gq", (B, H)),
-                            ("sg", (B,)), ("logits", (B, V)), ("q", (R, 1, hs)), ("q_scale", (R,)),
-                            ("scores", (R * T,)), ("factor", (R,)), ("o", (R, 1, hs))):
+        nh, hs, T = pm.n_head, pm.head_size, pm.block_size
+        z = lambda dtype, *shape: [np.zeros(shape, dtype) for _ in range(pm.n_layer)]
+        self.k, self.v = z(_int_type(qk_max), B * nh, hs, T), z(_int_type(v_max), B * nh, T, hs)
+        self.sk, self.sv = z(np.float32, B * nh, T), z(np.float32, B * nh, T)
+        for name, shape in (("x", (B, C)), ("zq", (B, C)), ("a", (B,)), ("h", (B, 3 * C)), ("yq", (B, C)),
+                            ("sy", (B,)), ("acc", (B, C)), ("hid", (B, H)), ("gq", (B, H)), ("sg", (B,)),
+                            ("logits", (B, V))):
             arr = np.zeros(shape, np.float32)
             setattr(self, name, arr)
             setattr(self, name + "_t", torch.from_numpy(arr))
+        self.q, self.q_scale = np.zeros((nh, hs), np.float32), np.zeros(nh, np.float32)  # one row's queries
+        self.l, self.o = np.zeros(T, np.float32), np.zeros(hs, np.float32)  # one head's weights and P.V
         self.ind = np.zeros((B, V), np.int64)
-        self.v_first = np.zeros((B, pm.n_head, pm.head_size), np.float32) if pm.value_residual else _EMPTY3
+        self.v_first = np.zeros((B, nh, hs), np.float32)  # the first layer's values (value residuals)
 
     def state(self) -> dict[str, list[np.ndarray]]:
-        """The cached integers and scales per layer in the reference layout (for comparing backends)."""
-        return {"k": self.k, "v": self.v, "sk": self.sk, "sv": self.sv}
+        """The cached integers and scales per layer in ``reference.PortableCache``'s layout (float32; keys
+        scales (B nh, 1, T)), for comparing backends."""
+        f32 = lambda arrays, f: [f(x).astype(np.float32) for x in arrays]
+        return {"k": f32(self.k, lambda x: x), "v": f32(self.v, lambda x: x),
+                "sk": f32(self.sk, lambda x: x[:, None]), "sv": f32(self.sv, lambda x: x[:, None])}
 
 
 def _mm(xq_t, weight, dtype, out_t):
@@ -411,7 +434,7 @@ class CpuBackend:
             self.layers.append(a)
 
     def new_cache(self, batch_size: int) -> CpuCache:
-        return CpuCache(self.pm, batch_size)
+        return CpuCache(self.pm, batch_size, int(self.q_qkv[0]), int(self.q_qkv[-1]))
 
     def step_indices(self, idx: torch.Tensor, cache: CpuCache) -> torch.Tensor:
         """The (B, 256) int64 exp-table indices after feeding idx (B,) (a new tensor)."""
@@ -427,17 +450,11 @@ class CpuBackend:
         _norm_rows(x, self.layers[0].g1, *norm, w.zq, w.a)
         for layer, L in enumerate(self.layers):
             _mm(w.zq_t, L.w_attn, dt["attn_in"], w.h_t)
-            kc, vc, skc, svc = w.k[layer], w.v[layer], w.sk[layer], w.sv[layer]
-            _qkv(w.h, L.s_attn, w.a, L.b_attn, pm.qkv_true_units, pm.qk_norm, L.g_qk, self.P_hs, self.invC_hs,
-                 self.K1r_hs, pm.value_residual, L.v_mix, layer == 0, w.v_first, cos, sin, self.q_qkv, self.tiny,
-                 kc, vc, skc, svc, slot, w.q, w.q_scale)
-            R = w.q.shape[0]
-            scores_t = w.scores_t[: R * filled].view(R, 1, filled)
-            torch.bmm(w.q_t, w.k_t[layer][:, :, :filled], out=scores_t)  # (B nh, 1, L) exact integers (R1)
-            _attn_weights(scores_t.numpy(), skc, svc, w.q_scale, self.att_scale, self.exp_attn, self.n_attn,
-                          self.u1, self.u2, self.u12, self.tiny, w.factor)
-            torch.bmm(scores_t, w.v_t[layer][:, :filled], out=w.o_t)  # (B nh, 1, hs) exact (R1)
-            _attn_out(w.o, w.factor, self.q_act, self.tiny, w.yq, w.sy)
+            _attention(w.h, L.s_attn, w.a, L.b_attn, pm.qkv_true_units, pm.qk_norm, L.g_qk, self.P_hs, self.invC_hs,
+                       self.K1r_hs, pm.value_residual, L.v_mix, layer == 0, w.v_first, cos, sin, self.q_qkv,
+                       self.tiny, w.k[layer], w.v[layer], w.sk[layer], w.sv[layer], slot, filled, self.att_scale,
+                       self.exp_attn, self.n_attn, self.u1, self.u2, self.u12, self.q_act, w.q, w.q_scale, w.l, w.o,
+                       w.yq, w.sy)
             _mm(w.yq_t, L.w_aproj, dt["attn_out"], w.acc_t)
             _residual_norm(w.acc, L.s_aproj, w.sy, L.b_aproj, x, L.g2, *norm, w.zq, w.a)
             _mm(w.zq_t, L.w_fc, dt["mlp_in"], w.hid_t)
