@@ -292,21 +292,19 @@ class PortableModel:
             raise ValueError(f"unknown options {sorted(unknown)}")
         cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
         _check_architecture(cfg)
-        sd = {k: v.detach().to("cpu").to(torch.float32) for k, v in model.state_dict().items()}  # exact upcast
+        f32 = lambda p: _finite(p.detach().to("cpu").to(torch.float32))  # exact upcast
+        opt32 = lambda p: None if p is None else f32(p)  # a parameter the architecture may not have
         C, nh = cfg["n_embd"], cfg["n_head"]
         hs = C // nh
         fold = opts["fold_ln_gain"]
-        linear_bias = bool(cfg.get("bias", False))
-        norm_bias = linear_bias and cfg.get("norm", "layernorm") == "layernorm"  # RMSNorm has no bias
         t: dict[str, torch.Tensor] = {}
-        t["wte"] = _finite(sd["transformer.wte.weight"]).clone()
+        t["wte"] = f32(model.transformer.wte.weight).clone()
 
-        def add_linear(name, key, gain=None, norm_beta=None):
+        def add_linear(name, linear, gain=None, norm_beta=None):
             """Wq, s (and a float32 bias when the Linear has one or a LayerNorm bias is folded into it)."""
-            w = sd[key + ".weight"]
-            b = _finite(sd[key + ".bias"]) if linear_bias and key + ".bias" in sd else None
+            w, b = f32(linear.weight), opt32(linear.bias)
             if norm_beta is not None:  # Linear(z g + beta) = W (z g) + (W beta + b): exact fold (_fold_bias)
-                b = _fold_bias(w, b, _finite(norm_beta))
+                b = _fold_bias(w, b, norm_beta)
             if gain is not None:
                 w = w * gain[None, :]  # one correctly rounded multiply per weight
             q, s = quantize_weight(w)
@@ -314,27 +312,25 @@ class PortableModel:
             if b is not None:
                 t[name + ".b"] = b.contiguous()
 
-        for i in range(cfg["n_layer"]):
-            p = f"transformer.h.{i}."
-            g1, g2 = _finite(sd[p + "ln_1.weight"]), _finite(sd[p + "ln_2.weight"])
-            be1 = sd[p + "ln_1.bias"] if norm_bias else None
-            be2 = sd[p + "ln_2.bias"] if norm_bias else None
+        # the parameters by gpt.py's module tree (a Norm has a bias only as a LayerNorm with bias=True)
+        for i, blk in enumerate(model.transformer.h):
+            g1, g2 = f32(blk.ln_1.weight), f32(blk.ln_2.weight)
             if not fold:
                 t[f"h.{i}.ln_1.g"], t[f"h.{i}.ln_2.g"] = g1.clone(), g2.clone()
-            add_linear(f"h.{i}.attn.c_attn", p + "attn.c_attn", g1 if fold else None, be1)
-            add_linear(f"h.{i}.attn.c_proj", p + "attn.c_proj")
-            add_linear(f"h.{i}.mlp.c_fc", p + "mlp.c_fc", g2 if fold else None, be2)
-            add_linear(f"h.{i}.mlp.c_proj", p + "mlp.c_proj")
-            if cfg.get("qk_norm", False):  # per-head gains (hs,): applied after the normalization, not foldable
-                t[f"h.{i}.attn.q_norm.g"] = _finite(sd[p + "attn.q_norm.weight"]).clone()
-                t[f"h.{i}.attn.k_norm.g"] = _finite(sd[p + "attn.k_norm.weight"]).clone()
-            if cfg.get("value_residual", False) and i > 0:
-                t[f"h.{i}.attn.v_mix"] = _finite(sd[p + "attn.v_mix"]).reshape(1).clone()
-        gf = _finite(sd["transformer.ln_f.weight"])
+            add_linear(f"h.{i}.attn.c_attn", blk.attn.c_attn, g1 if fold else None, opt32(blk.ln_1.bias))
+            add_linear(f"h.{i}.attn.c_proj", blk.attn.c_proj)
+            add_linear(f"h.{i}.mlp.c_fc", blk.mlp.c_fc, g2 if fold else None, opt32(blk.ln_2.bias))
+            add_linear(f"h.{i}.mlp.c_proj", blk.mlp.c_proj)
+            if blk.attn.q_norm is not None:  # per-head gains (hs,): applied after the normalization, not foldable
+                t[f"h.{i}.attn.q_norm.g"] = f32(blk.attn.q_norm.weight).clone()
+                t[f"h.{i}.attn.k_norm.g"] = f32(blk.attn.k_norm.weight).clone()
+            if blk.attn.v_mix is not None:  # value residuals, layers after the first
+                t[f"h.{i}.attn.v_mix"] = f32(blk.attn.v_mix).reshape(1).clone()
+        ln_f = model.transformer.ln_f
+        gf = f32(ln_f.weight)
         if not fold:
             t["ln_f.g"] = gf.clone()
-        add_linear("lm_head", "lm_head", gf if fold else None,
-                   sd["transformer.ln_f.bias"] if norm_bias else None)  # untied or tied: its own quantized copy
+        add_linear("lm_head", model.lm_head, gf if fold else None, opt32(ln_f.bias))  # tied or not: its own copy
         t.update(build_tables(hs, float(cfg["rope_base"]), opts, gelu=cfg.get("mlp", "gelu") == "gelu"))
         return cls(cfg, opts, t)
 
