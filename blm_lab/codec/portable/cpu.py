@@ -45,11 +45,36 @@ _kernel = njit(cache=True, error_model="numpy", nogil=True)
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _absmax(v, floor):
-    """max(max|v|, floor) of a 1-D view: exact (R3)."""
-    m = floor
-    for j in range(v.shape[0]):
-        m = max(m, abs(v[j]))
-    return m
+    """max(max|v|, floor) of a 1-D view: exact (R3). Four running maxima (max is exact in any order; each
+    starts at floor and keeps it on a NaN element, as one running maximum does), for instruction-level
+    parallelism."""
+    m0 = m1 = m2 = m3 = floor
+    n = v.shape[0]
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        m0 = max(m0, abs(v[j]))
+        m1 = max(m1, abs(v[j + 1]))
+        m2 = max(m2, abs(v[j + 2]))
+        m3 = max(m3, abs(v[j + 3]))
+    for j in range(n4, n):
+        m0 = max(m0, abs(v[j]))
+    return max(max(m0, m1), max(m2, m3))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _max(v, floor):
+    """max(max v, floor) of a 1-D view: exact, NaN elements skipped (as ``_absmax``, without the abs)."""
+    m0 = m1 = m2 = m3 = floor
+    n = v.shape[0]
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        m0 = max(m0, v[j])
+        m1 = max(m1, v[j + 1])
+        m2 = max(m2, v[j + 2])
+        m3 = max(m3, v[j + 3])
+    for j in range(n4, n):
+        m0 = max(m0, v[j])
+    return max(max(m0, m1), max(m2, m3))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -248,9 +273,7 @@ def _attend_head(qr, kr, vr, skr, svr, fq, exp_attn, n_attn, u1c, u2c, u12, tiny
             l[t] = l[t] + qd * F32(kd[t])
     for t in range(filled):
         l[t] = l[t] * skr[t] * fq
-    mx = F32(-np.inf)
-    for t in range(filled):
-        mx = max(mx, l[t])
+    mx = _max(l[:filled], F32(-np.inf))
     bad = 0
     for t in range(filled):
         d = np.rint(-l[t] + mx)
@@ -259,13 +282,11 @@ def _attend_head(qr, kr, vr, skr, svr, fq, exp_attn, n_attn, u1c, u2c, u12, tiny
     if bad:
         raise IndexError("non-finite activation in the portable step")
     wsum = 0
-    um = tiny
     for t in range(filled):
         w = exp_attn[np.int64(l[t])]
         wsum += np.int64(w)  # exact: integers <= 2**15
-        u = w * svr[t]
-        l[t] = u
-        um = max(um, u)
+        l[t] = w * svr[t]
+    um = _max(l[:filled], tiny)
     f1 = u1c / um
     s1 = 0
     for t in range(filled):
