@@ -96,8 +96,8 @@ Two implementations of one arithmetic
 =====================================
 The torch ops of ``reference.TorchBackend`` are the reference, and the path on CUDA. A CPU cache is
 stepped by ``cpu.CpuBackend`` instead: numba kernels that perform the same IEEE operations on the same
-operands in the same order, between the same exact matmuls, without torch's dispatch of about a hundred
-small ops per layer. ``PortableModel.new_cache`` picks the backend by device (``reference=True`` asks
+operands in the same order, with the same exact integer products, without torch's dispatch of about a
+hundred small ops per layer. ``PortableModel.new_cache`` picks the backend by device (``reference=True`` asks
 for the torch ops on a CPU); the cache belongs to that backend, which alone steps it. A backend reads
 the model's public plan (flags, widths, ``matmul_dtypes``, ``qkv_true_units``, ``rope_cos_sin``) and the
 device's ``Runtime``; it imports neither ``model`` nor the other backend.
@@ -520,15 +520,11 @@ class PortableModel:
         return self.freqs_from_indices(ind.cpu().numpy())
 
     def freqs_from_indices(self, ind: np.ndarray) -> np.ndarray:
-        """Exact int64 arithmetic (numpy): f = floor(e (2**24 - V) / sum e) + 1, leftover to the first max."""
-        e = self._exp_logit_np[ind]  # (B, V) int64 <= 2**32; IndexError on NaN-derived indices
-        V = e.shape[1]
-        tot = e.sum(axis=1, keepdims=True)  # exact, >= 2**32 (the max entry has index 0)
-        f = (e * (TOTAL - V)) // tot  # <= 2**56, exact floor division
-        f += 1
-        top = f.argmax(axis=1)  # first maximum
-        rows = np.arange(f.shape[0])
-        f[rows, top] += TOTAL - f.sum(axis=1)  # leftover in [0, V)
+        """Exact int64 arithmetic: f = floor(e (2**24 - V) / sum e) + 1, leftover to the first max
+        (``cpu.freqs_from_indices``, for the indices of every backend)."""
+        ind = np.ascontiguousarray(ind, dtype=np.int64)
+        f = np.empty(ind.shape, np.int64)
+        cpu.freqs_from_indices(ind, self._exp_logit_np, TOTAL, f)
         return f
 
 
