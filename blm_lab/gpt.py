@@ -15,6 +15,21 @@ keys per head), ``tie_embeddings=False`` (a separate, zero-initialised output he
 ``value_residual`` (every layer after the first mixes the first layer's values into its own with a
 learnable weight, as in ResFormer and modded-nanoGPT). The KV cache stores keys and (mixed) values
 exactly as the full-sequence pass computes them, so ``step()`` equals ``forward()`` under every option.
+
+Adding a model option: 12 edits in 7 files, plus notebook 02's parameters (and their list in test_runner):
+1. here: the ``BytesGPTConfig`` field (a new ``mlp``/``norm`` kind goes into ``MLP_KINDS``/``NORM_KINDS``,
+   which the portable numerics import), and the module code it changes (``forward`` and ``step`` share it);
+2. ``checkpoint.VERSION_1_DEFAULTS``: the value that reproduces checkpoints saved before the option;
+3. ``training/config.py``: ``settings_frame``'s ``model_keys`` (and ``RECIPE_MODEL`` if the recipe adopts it);
+4. ``tests/conftest.py``: an ``ARCHITECTURE_OPTIONS`` entry, which ``test_model_options`` and
+   ``test_portable`` (the two backends against each other and against this float model) then run
+   (``test_portable`` fails while a kind or a boolean field of the config has no case);
+5. ``codec/portable/model.py``: ``from_float`` reads the option's parameters through this module tree and
+   stores them, ``_check_tensors`` names them, ``runtime`` puts them on the device, ``_arithmetic_revision``
+   counts the option, and the docstring states its arithmetic;
+6. ``codec/portable/reference.py``: its torch ops;
+7. ``codec/portable/cpu.py``: the same ops in the kernel, and ``CpuBackend``'s arrays for its parameters.
+The option names and kinds come from here; the portable code holds no copy of them or of parameter names.
 """
 
 from __future__ import annotations

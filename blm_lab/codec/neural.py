@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from ..errors import CompressionError, ConfigError, ContainerError, StreamError
 from . import container
 from .coder import PRECISION, BatchDecoder, BatchEncoder, ideal_bits, quantize
-from .portable import PortableModel
+from .portable.model import PortableModel
 
 BYTES_PER_PARAM = 2  # a model shipped with the data costs 2 bytes a parameter (bf16), as in Delétang et al.
 MAX_STREAMS = 256  # default segmentation: at most this many lock-step streams ...

@@ -94,10 +94,13 @@ silently gives machine-dependent frequencies).
 
 Two implementations of one arithmetic
 =====================================
-The torch ops of ``PortableModel`` are the reference, and the path on CUDA. On a CPU cache,
-``step_indices`` runs ``portable_cpu`` instead: numba kernels that perform the same IEEE operations on
-the same operands in the same order, between the same exact torch matmuls, without torch's dispatch of
-about a hundred small ops per layer (at 28 streams, 2 threads: 1.2-1.5 ms a step against 3-4 ms).
+The torch ops of ``reference.TorchBackend`` are the reference, and the path on CUDA. A CPU cache is
+stepped by ``cpu.CpuBackend`` instead: numba kernels that perform the same IEEE operations on the same
+operands in the same order, with the same exact integer products, without torch's dispatch of about a
+hundred small ops per layer. ``PortableModel.new_cache`` picks the backend by device (``reference=True`` asks
+for the torch ops on a CPU); the cache belongs to that backend, which alone steps it. A backend reads
+the model's public plan (flags, widths, ``matmul_dtypes``, ``qkv_true_units``, ``rope_cos_sin``) and the
+device's ``Runtime``; it imports neither ``model`` nor the other backend.
 ``tests/test_portable.py`` holds the two equal bit for bit under every architecture and portable option,
 and checks the kernels' machine code for fused multiply-adds; the cross-process tests run the kernels
 compiled for the host and for a generic x86-64 (``NUMBA_CPU_NAME=generic``).
@@ -145,19 +148,21 @@ True units: with qk_norm, value_residual or bias, q/k/v leave c_attn with the no
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, ConfigError
-from . import portable_cpu
+from ...errors import CheckpointError, ConfigError
+from ...gpt import MLP_KINDS, NORM_KINDS
+from . import cpu
+from . import reference as reference_ops
+from .reference import PortableCache
+from .tables import build_tables, rope_cos_sin
 
-__all__ = ["PortableModel", "PortableCache", "DEFAULT_OPTIONS", "FORMAT"]
+__all__ = ["PortableModel", "PortableCache", "DEFAULT_OPTIONS", "FORMAT", "ieee_fp32_matmuls"]
 
 FORMAT = "blm_portable_v1"
 PRECISION = 24
@@ -177,126 +182,6 @@ DEFAULT_OPTIONS = {
     "gelu_log2_step": 9,  # GELU table grid 2**-k
     "gelu_range": 8,  # GELU table covers [-R, R]
 }
-
-
-# ================================================================================================
-# Tables, from exact software arithmetic only (R4)
-# ================================================================================================
-
-def _dec_pi(prec: int) -> Decimal:
-    """pi to ``prec`` digits (the decimal module's documented recipe)."""
-    with localcontext() as ctx:
-        ctx.prec = prec + 5
-        lasts, t, s, n, na, d, da = 0, Decimal(3), Decimal(3), 1, 0, 0, 24
-        while s != lasts:
-            lasts = s
-            n, na = n + na, na + 8
-            d, da = d + da, da + 32
-            t = (t * n) / d
-            s += t
-    with localcontext() as ctx:
-        ctx.prec = prec
-        return +s
-
-
-def _dec_cos_sin(x: Decimal, prec: int) -> tuple[Decimal, Decimal]:
-    """cos and sin of a small |x| <= 2 pi by their Taylor series, in ``decimal``."""
-    with localcontext() as ctx:
-        ctx.prec = prec + 10
-        x2 = x * x
-        c, s = Decimal(1), x
-        tc, ts = Decimal(1), x
-        n = 0
-        eps = Decimal(10) ** (-(prec + 5))
-        while abs(tc) > eps or abs(ts) > eps:
-            n += 2
-            tc = -tc * x2 / (n * (n - 1))
-            ts = -ts * x2 / (n * (n + 1))
-            c += tc
-            s += ts
-    return c, s
-
-
-def _to_float(d: Decimal) -> float:
-    """Decimal -> float64 via its exact decimal string (CPython's own correctly rounded dtoa)."""
-    return float(str(d))
-
-
-def exp_table(per_nat: int, scale_log2: int) -> list[int]:
-    """[round_half_even(2**scale_log2 * exp(-i / per_nat)) for i = 0 ..] until the entries reach 0,
-    plus one trailing 0 (the clamp target). ``Decimal.exp`` is correctly rounded."""
-    out = []
-    with localcontext() as ctx:
-        ctx.prec = 50
-        scale = Decimal(2) ** scale_log2
-        i = 0
-        while True:
-            v = int(((Decimal(-i) / Decimal(per_nat)).exp() * scale).to_integral_value(ROUND_HALF_EVEN))
-            out.append(v)
-            if v == 0:
-                return out
-            i += 1
-
-
-def gelu_table(log2_step: int, bound: int) -> list[float]:
-    """GELU(x) = x Phi(x) on the grid x = j / 2**log2_step, |x| <= bound, as float64.
-
-    Phi(x) - 1/2 = (1/sqrt(2 pi)) sum_n (-1)^n x^(2n+1) / (2^n n! (2n+1)), summed in 200-bit fixed
-    point with Python integers (exact floor divisions); 1/sqrt(2 pi) from ``decimal``; the result
-    num/den converted by CPython's correctly rounded integer true division.
-    """
-    FB = 200
-    with localcontext() as ctx:
-        ctx.prec = 80
-        c = int((Decimal(1) / (2 * _dec_pi(80)).sqrt()) * (Decimal(2) ** FB))  # 1/sqrt(2 pi) in 2**-200 units
-    n_half = bound << log2_step
-    out = []
-    for j in range(-n_half, n_half + 1):
-        a = abs(j)
-        # series in units of 2**-FB for x = a / 2**log2_step >= 0: t_n = x^(2n+1) / (2^n n!)
-        t = (a << FB) >> log2_step
-        acc = t
-        n = 0
-        a2 = a * a
-        den2 = 1 << (2 * log2_step)
-        while t:
-            n += 1
-            t = (t * a2) // (2 * n * den2)
-            term = t // (2 * n + 1)
-            acc = acc - term if n % 2 else acc + term
-        phi_minus_half = (acc * c) >> FB  # units 2**-FB
-        phi = (1 << (FB - 1)) + phi_minus_half  # Phi(|x|)
-        if j < 0:
-            phi = (1 << FB) - phi  # Phi(-x) = 1 - Phi(x)
-        # gelu = x * Phi = j * phi / (2**log2_step * 2**FB)
-        out.append((j * phi) / (1 << (FB + log2_step)))  # correctly rounded int / int
-    return out
-
-
-def rope_tables(head_size: int, base: float) -> tuple[list[int], list[float], list[float], list[float], list[float]]:
-    """(F_i, cos1, sin1, cos2, sin2): F_i = round(2**64 * theta_i / (2 pi)) mod 2**64 for theta_i =
-    base**(-2i/hs); cos1/sin1[j] = cos/sin(2 pi j / 2**10); cos2/sin2[k] = cos/sin(2 pi k / 2**20)."""
-    prec = 60
-    pi = _dec_pi(prec)
-    F = []
-    with localcontext() as ctx:
-        ctx.prec = prec
-        lnb = Decimal(base).ln()  # Decimal(float) is exact
-        for i in range(head_size // 2):
-            theta = (lnb * Decimal(-2 * i) / Decimal(head_size)).exp()
-            turns = theta / (2 * pi)
-            F.append(int((turns * (Decimal(2) ** 64)).to_integral_value(ROUND_HALF_EVEN)) % (1 << 64))
-    c1, s1, c2, s2 = [], [], [], []
-    for j in range(1024):
-        with localcontext() as ctx:
-            ctx.prec = prec
-            c, s = _dec_cos_sin(2 * pi * j / Decimal(1024), prec)
-        c1.append(_to_float(c)); s1.append(_to_float(s))
-        with localcontext() as ctx:
-            ctx.prec = prec
-            c, s = _dec_cos_sin(2 * pi * j / Decimal(1 << 20), prec)
-        c2.append(_to_float(c)); s2.append(_to_float(s))
-    return F, c1, s1, c2, s2
 
 
 # ================================================================================================
@@ -336,10 +221,6 @@ def _fold_bias(w: torch.Tensor, b: torch.Tensor | None, beta: torch.Tensor) -> t
                         dtype=torch.float64).float()
 
 
-MLP_KINDS = ("gelu", "relu2")
-NORM_KINDS = ("layernorm", "rmsnorm")
-
-
 def _check_architecture(c: dict):
     """Refuse any architecture this module does not compute (rather than silently computing another one)."""
     if c.get("mlp", "gelu") not in MLP_KINDS:
@@ -365,33 +246,9 @@ def _arithmetic_revision(c: dict) -> int:
 # The model
 # ================================================================================================
 
-class PortableCache:
-    """Rolling K/V cache of integer-valued float32 and per-slot scales; slot = pos % block_size.
-
-    Per layer: ``k`` (B*nh, hs, T) quantized keys, stored transposed (the score bmm is then a plain
-    row-times-matrix product), ``v`` (B*nh, T, hs) quantized values, ``sk``/``sv`` (B*nh, 1, T) their
-    scales (true value = integer * scale). Slots fill in order; after T bytes the oldest is overwritten.
-    The CPU kernels keep their working buffers with the cache (``portable_cpu._workspace``).
-    """
-
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, block_size: int, head_size: int, hidden: int,
-                 device):
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        bh = batch_size * n_head
-        z = lambda *shape: [torch.zeros(shape, dtype=torch.float32, device=self.device) for _ in range(n_layer)]
-        self.k = z(bh, head_size, block_size)
-        self.v = z(bh, block_size, head_size)
-        self.sk = z(bh, 1, block_size)
-        self.sv = z(bh, 1, block_size)
-        # reusable int64 buffer for table indices (the largest user: the MLP hidden, B * hidden)
-        self.ibuf = torch.empty(max(bh * block_size, batch_size * hidden), dtype=torch.int64, device=self.device)
-        self.pos = 0
-
-
-class _Runtime:
-    """Per-device float32 copies of the stored integers and constants (derived, not stored)."""
+class Runtime:
+    """Per-device float32 copies of the stored integers and constants (derived, not stored): what a backend
+    computes with. Built once per device by ``PortableModel.runtime``; the backends only read it."""
 
 
 class PortableModel:
@@ -410,14 +267,15 @@ class PortableModel:
         self.bias = bool(c.get("bias", False))
         # q, k, v leave the c_attn matmul in true units (row scale applied, bias added) when an option
         # needs them there; the default keeps the LayerNorm row scale aside (it cancels per head)
-        self._qkv_true_units = self.bias or self.qk_norm or self.value_residual
+        self.qkv_true_units = self.bias or self.qk_norm or self.value_residual
         self.n_layer, self.n_head, self.n_embd = c["n_layer"], c["n_head"], c["n_embd"]
         self.block_size, self.vocab_size = c["block_size"], c["vocab_size"]
         self.head_size = self.n_embd // self.n_head
         self.hidden = c.get("mlp_ratio", 4) * self.n_embd
         self._check_bounds()
         self._check_tensors()
-        self._runtimes: dict[torch.device, _Runtime] = {}
+        self._runtimes: dict[torch.device, Runtime] = {}
+        self._backends: dict[tuple, object] = {}
         rope_F = self.tensors["rope.turns"].numpy().view(np.uint64)
         self._rope = (rope_F, self.tensors["rope.cos1"].numpy(), self.tensors["rope.sin1"].numpy(),
                       self.tensors["rope.cos2"].numpy(), self.tensors["rope.sin2"].numpy())
@@ -434,21 +292,19 @@ class PortableModel:
             raise ValueError(f"unknown options {sorted(unknown)}")
         cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
         _check_architecture(cfg)
-        sd = {k: v.detach().to("cpu").to(torch.float32) for k, v in model.state_dict().items()}  # exact upcast
+        f32 = lambda p: _finite(p.detach().to("cpu").to(torch.float32))  # exact upcast
+        opt32 = lambda p: None if p is None else f32(p)  # a parameter the architecture may not have
         C, nh = cfg["n_embd"], cfg["n_head"]
         hs = C // nh
         fold = opts["fold_ln_gain"]
-        linear_bias = bool(cfg.get("bias", False))
-        norm_bias = linear_bias and cfg.get("norm", "layernorm") == "layernorm"  # RMSNorm has no bias
         t: dict[str, torch.Tensor] = {}
-        t["wte"] = _finite(sd["transformer.wte.weight"]).clone()
+        t["wte"] = f32(model.transformer.wte.weight).clone()
 
-        def add_linear(name, key, gain=None, norm_beta=None):
+        def add_linear(name, linear, gain=None, norm_beta=None):
             """Wq, s (and a float32 bias when the Linear has one or a LayerNorm bias is folded into it)."""
-            w = sd[key + ".weight"]
-            b = _finite(sd[key + ".bias"]) if linear_bias and key + ".bias" in sd else None
+            w, b = f32(linear.weight), opt32(linear.bias)
             if norm_beta is not None:  # Linear(z g + beta) = W (z g) + (W beta + b): exact fold (_fold_bias)
-                b = _fold_bias(w, b, _finite(norm_beta))
+                b = _fold_bias(w, b, norm_beta)
             if gain is not None:
                 w = w * gain[None, :]  # one correctly rounded multiply per weight
             q, s = quantize_weight(w)
@@ -456,28 +312,26 @@ class PortableModel:
             if b is not None:
                 t[name + ".b"] = b.contiguous()
 
-        for i in range(cfg["n_layer"]):
-            p = f"transformer.h.{i}."
-            g1, g2 = _finite(sd[p + "ln_1.weight"]), _finite(sd[p + "ln_2.weight"])
-            be1 = sd[p + "ln_1.bias"] if norm_bias else None
-            be2 = sd[p + "ln_2.bias"] if norm_bias else None
+        # the parameters by gpt.py's module tree (a Norm has a bias only as a LayerNorm with bias=True)
+        for i, blk in enumerate(model.transformer.h):
+            g1, g2 = f32(blk.ln_1.weight), f32(blk.ln_2.weight)
             if not fold:
                 t[f"h.{i}.ln_1.g"], t[f"h.{i}.ln_2.g"] = g1.clone(), g2.clone()
-            add_linear(f"h.{i}.attn.c_attn", p + "attn.c_attn", g1 if fold else None, be1)
-            add_linear(f"h.{i}.attn.c_proj", p + "attn.c_proj")
-            add_linear(f"h.{i}.mlp.c_fc", p + "mlp.c_fc", g2 if fold else None, be2)
-            add_linear(f"h.{i}.mlp.c_proj", p + "mlp.c_proj")
-            if cfg.get("qk_norm", False):  # per-head gains (hs,): applied after the normalization, not foldable
-                t[f"h.{i}.attn.q_norm.g"] = _finite(sd[p + "attn.q_norm.weight"]).clone()
-                t[f"h.{i}.attn.k_norm.g"] = _finite(sd[p + "attn.k_norm.weight"]).clone()
-            if cfg.get("value_residual", False) and i > 0:
-                t[f"h.{i}.attn.v_mix"] = _finite(sd[p + "attn.v_mix"]).reshape(1).clone()
-        gf = _finite(sd["transformer.ln_f.weight"])
+            add_linear(f"h.{i}.attn.c_attn", blk.attn.c_attn, g1 if fold else None, opt32(blk.ln_1.bias))
+            add_linear(f"h.{i}.attn.c_proj", blk.attn.c_proj)
+            add_linear(f"h.{i}.mlp.c_fc", blk.mlp.c_fc, g2 if fold else None, opt32(blk.ln_2.bias))
+            add_linear(f"h.{i}.mlp.c_proj", blk.mlp.c_proj)
+            if blk.attn.q_norm is not None:  # per-head gains (hs,): applied after the normalization, not foldable
+                t[f"h.{i}.attn.q_norm.g"] = f32(blk.attn.q_norm.weight).clone()
+                t[f"h.{i}.attn.k_norm.g"] = f32(blk.attn.k_norm.weight).clone()
+            if blk.attn.v_mix is not None:  # value residuals, layers after the first
+                t[f"h.{i}.attn.v_mix"] = f32(blk.attn.v_mix).reshape(1).clone()
+        ln_f = model.transformer.ln_f
+        gf = f32(ln_f.weight)
         if not fold:
             t["ln_f.g"] = gf.clone()
-        add_linear("lm_head", "lm_head", gf if fold else None,
-                   sd["transformer.ln_f.bias"] if norm_bias else None)  # untied or tied: its own quantized copy
-        t.update(_build_tables(hs, float(cfg["rope_base"]), opts, gelu=cfg.get("mlp", "gelu") == "gelu"))
+        add_linear("lm_head", model.lm_head, gf if fold else None, opt32(ln_f.bias))  # tied or not: its own copy
+        t.update(build_tables(hs, float(cfg["rope_base"]), opts, gelu=cfg.get("mlp", "gelu") == "gelu"))
         return cls(cfg, opts, t)
 
     def state_dict(self) -> dict:
@@ -538,7 +392,7 @@ class PortableModel:
         self._u2 = F32_EXACT // qv - 2 - T // 2  # qv (U2 + 1 + T/2) <= 2**24
         if self._u2 < 1024:
             raise ValueError(f"v_bits={self.options['v_bits']} leaves only {self._u2} levels for attention weights")
-        self._dt = {"attn_in": self._mm_dtype(qa, self.n_embd), "attn_out": self._mm_dtype(qa, self.n_embd),
+        self.matmul_dtypes = {"attn_in": self._mm_dtype(qa, self.n_embd), "attn_out": self._mm_dtype(qa, self.n_embd),
                     "mlp_in": self._mm_dtype(qa, self.n_embd), "mlp_hidden": self._mm_dtype(qh, self.hidden),
                     "head_in": self._mm_dtype(qa, self.n_embd)}
 
@@ -556,12 +410,14 @@ class PortableModel:
         if missing:
             raise ValueError(f"the portable state lacks tensors {missing[:6]} that its config needs")
 
-    def _runtime(self, device) -> _Runtime:
+    def runtime(self, device) -> Runtime:
+        """The stored integers and constants as tensors on ``device`` (built once per device)."""
         device = torch.device(device)
         rt = self._runtimes.get(device)
         if rt is not None:
             return rt
-        rt = _Runtime()
+        rt = Runtime()
+        rt.device = device
         f32 = lambda v: torch.tensor(v, dtype=torch.float32, device=device)
         f64 = lambda v: torch.tensor(v, dtype=torch.float64, device=device)
         T = self.tensors
@@ -573,11 +429,11 @@ class PortableModel:
         opt = lambda name: T[name].to(device) if name in T else None
         rt.layers = []
         for i in range(self.n_layer):
-            L = _Runtime()
-            L.w_attn, L.s_attn = wT(f"h.{i}.attn.c_attn", self._dt["attn_in"])
-            L.w_aproj, L.s_aproj = wT(f"h.{i}.attn.c_proj", self._dt["attn_out"])
-            L.w_fc, L.s_fc = wT(f"h.{i}.mlp.c_fc", self._dt["mlp_in"])
-            L.w_mproj, L.s_mproj = wT(f"h.{i}.mlp.c_proj", self._dt["mlp_hidden"])
+            L = Runtime()
+            L.w_attn, L.s_attn = wT(f"h.{i}.attn.c_attn", self.matmul_dtypes["attn_in"])
+            L.w_aproj, L.s_aproj = wT(f"h.{i}.attn.c_proj", self.matmul_dtypes["attn_out"])
+            L.w_fc, L.s_fc = wT(f"h.{i}.mlp.c_fc", self.matmul_dtypes["mlp_in"])
+            L.w_mproj, L.s_mproj = wT(f"h.{i}.mlp.c_proj", self.matmul_dtypes["mlp_hidden"])
             L.g1 = T[f"h.{i}.ln_1.g"].to(device) if f"h.{i}.ln_1.g" in T else None
             L.g2 = T[f"h.{i}.ln_2.g"].to(device) if f"h.{i}.ln_2.g" in T else None
             for attr, name in (("b_attn", "attn.c_attn"), ("b_aproj", "attn.c_proj"), ("b_fc", "mlp.c_fc"),
@@ -589,7 +445,7 @@ class PortableModel:
                                     T[f"h.{i}.attn.k_norm.g"][None].expand(nh, hs)]).contiguous().to(device)
             L.v_mix = opt(f"h.{i}.attn.v_mix")  # (1,) float32, layers after the first
             rt.layers.append(L)
-        rt.w_head, rt.s_head = wT("lm_head", self._dt["head_in"])
+        rt.w_head, rt.s_head = wT("lm_head", self.matmul_dtypes["head_in"])
         rt.gf = opt("ln_f.g")
         rt.wte = T["wte"].to(device)
         rt.exp_attn = T["table.exp_attn"].to(device)
@@ -602,7 +458,7 @@ class PortableModel:
         rt.q_qkv = f32([[float(self._bits("qk_bits"))]] * (2 * nh) + [[float(self._bits("v_bits"))]] * nh)  # (3nh, 1)
         rt.ln = {}
         for w in (self.n_embd, self.head_size):
-            c = _Runtime()
+            c = Runtime()
             p = _ln_fixed_point_bits(w)
             c.P, c.C = f32(float(2 ** p)), f32(float(w))
             c.invC = f64(1.0 / w)  # Python division, correctly rounded (exact for powers of two)
@@ -627,253 +483,48 @@ class PortableModel:
         self._runtimes[device] = rt
         return rt
 
-    def new_cache(self, batch_size: int, device="cpu") -> PortableCache:
-        return PortableCache(self.n_layer, batch_size, self.n_head, self.block_size, self.head_size, self.hidden,
-                            device)
+    def rope_cos_sin(self, pos: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos, sin (hs/2,) float32 of the rotary angles at position ``pos`` (``tables.rope_cos_sin``)."""
+        return rope_cos_sin(self._rope, pos)
 
-    # ------------------------------------------------------------------ building blocks
-    #
-    # In-place ops (x.mul_(y), ...) are used on temporaries this code owns: an in-place op computes the
-    # same correctly rounded result as its out-of-place form, and it avoids allocating a fresh
-    # 0.5-1 MB buffer per op at large B (glibc then returns them to the OS and page-faults them back,
-    # which cost ~8 ms per step at B=245). Inputs that belong to the caller (the residual x, the cache,
-    # the weights) are never modified in place.
+    # ------------------------------------------------------------------ the step, by a backend
 
-    @staticmethod
-    def _quant_rows_(x: torch.Tensor, qmax: torch.Tensor, tiny: float):
-        """Per-row (last dim) symmetric quantization, *in place* on x: returns (xq, scale), x ~ xq * scale.
+    def _backend(self, device, reference: bool):
+        """The backend for ``device``: the numba kernels on a CPU, the torch ops on CUDA or when asked for."""
+        device = torch.device(device)
+        use_torch = reference or device.type != "cpu"
+        backend = self._backends.get((device, use_torch))
+        if backend is None:
+            backend = (reference_ops.TorchBackend if use_torch else cpu.CpuBackend)(self, self.runtime(device))
+            self._backends[(device, use_torch)] = backend
+        return backend
 
-        m = max|x| exact; inv = Q / m and scale = m / Q are single correctly rounded divisions (R2);
-        x * inv rounds once and |x * inv| <= Q (1 + 2**-23), so round() lands in [-Q, Q] (R3).
-        """
-        m = x.abs().amax(dim=-1, keepdim=True).clamp_min_(tiny)
-        return x.mul_(qmax / m).round_(), m / qmax
+    def new_cache(self, batch_size: int, device="cpu", reference: bool = False):
+        """A cache for ``batch_size`` streams on ``device``; it belongs to the backend that steps it (on a CPU
+        the numba kernels, or with ``reference=True`` the torch ops, which are the CUDA path)."""
+        return self._backend(device, reference).new_cache(batch_size)
 
-    def _norm_quant(self, x: torch.Tensor, g, rt: _Runtime, qmax: torch.Tensor):
-        """LayerNorm(x) * g, or RMSNorm(x) * g, quantized per row: (zq integer-valued float32 (B, C), a (B, 1))
-        with Norm(x) ~ zq * a. Integer statistics, exact in any summation order (module docstring)."""
-        ln = rt.ln[x.shape[-1]]  # constants for this width
-        m = x.abs().amax(dim=-1, keepdim=True).clamp_min_(rt.tiny)  # exact
-        xi = (x * (ln.P / m)).round_()  # integers, |xi| <= 2**p (one rounding in P / m, one in x * .)
-        if self.rms:
-            # RMSNorm: no mean. E = sum xi^2 exact (R1, float64): <= C 2**2p <= 2**53
-            xc = xi
-            xd = xi.double()
-            E = xd.mul_(xd).sum(dim=-1, keepdim=True)
-            K1 = ln.K1r
-        else:
-            S = xi.sum(dim=-1, keepdim=True)  # exact (R1): |S| <= C 2**p <= 2**23
-            xc = xi.mul_(ln.C).sub_(S)  # C xi - S = C (xi - mean xi): exact integers, |xc| <= 2**24
-            xd = xc.double()
-            E = xd.mul_(xd).sum(dim=-1, keepdim=True)  # exact (R1, float64): C^2 sum (xi - mean)^2 <= C^3 2**2p
-            K1 = ln.K1
-        if g is not None:
-            xc.mul_(g)  # one rounding per element
-        mz = xc.abs().amax(dim=-1, keepdim=True).clamp_min_(rt.tiny)
-        inv = qmax / mz
-        zq = xc.mul_(inv).round_()
-        # With x ~ xi / r (r = 2**p / m):  LN: (x - mean) / sqrt(var + eps) = xc / sqrt(E / C + eps C^2 r^2),
-        # eps C^2 r^2 = K1 / m^2 with K1 = eps C^2 2**2p;  RMS: x / sqrt(mean x^2 + eps) = xi / sqrt(E / C + eps r^2),
-        # eps r^2 = K1r / m^2 with K1r = eps 2**2p. float64, correctly rounded ops (R2).
-        md = m.double()
-        v = E.mul_(ln.invC).add_(K1 / md.mul_(md))
-        a = rt.one64 / v.sqrt_().mul_(inv.double())  # Norm(x) ~ zq * a
-        return zq, a.float()
-
-    @staticmethod
-    def _qk_norm_(h: torch.Tensor, g: torch.Tensor, rt: _Runtime) -> torch.Tensor:
-        """QK-norm, in place on h (B, 2 nh, hs), the true-unit queries and keys: h becomes y = xi * g with
-        integer xi = round(h 2**p / max|h|) per (row, head); returns r (B, 2 nh, 1) float32 with
-        rms_norm(h) * g ~ y * r. The same fixed point as ``_norm_quant`` over the head size, no mean:
-        E = sum xi^2 <= hs 2**2p <= 2**53 is exact in float64 in any order (R1); r = 1 / sqrt(E / hs +
-        eps 2**2p / m^2) in correctly rounded float64 ops (R2). y is not quantized here: the rotation
-        follows (it commutes with the per-head factor r), then the per-(row, head) quantization."""
-        ln = rt.ln[h.shape[-1]]
-        m = h.abs().amax(dim=-1, keepdim=True).clamp_min_(rt.tiny)  # exact
-        xi = h.mul_(ln.P / m).round_()  # integers, |xi| <= 2**p
-        xd = xi.double()
-        E = xd.mul_(xd).sum(dim=-1, keepdim=True)  # exact (R1, float64)
-        md = m.double()
-        v = E.mul_(ln.invC).add_(ln.K1r / md.mul_(md))
-        xi.mul_(g)  # the gain: one rounding per element
-        return (rt.one64 / v.sqrt_()).float()
-
-    @staticmethod
-    def _linear(xq, w, dtype):
-        """Exact integer matmul (R1) in the dtype chosen by _mm_dtype; returns float32 (exact or one rounding)."""
-        if dtype == torch.float32:
-            return torch.mm(xq, w)
-        return torch.mm(xq.to(dtype), w).float()
-
-    @staticmethod
-    def _table_(t: torch.Tensor, table: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-        """table[t] for a float tensor t >= 0 (R3): the float -> int64 conversion truncates (= floor for
-        t >= 0), then a gather. Large index tensors go into a reusable buffer (no page faults)."""
-        if t.numel() < 32768:
-            idx = t.long()
-        else:
-            idx = buf[: t.numel()].view(t.shape)
-            idx.copy_(t)
-        return table.index_select(0, idx.view(-1)).view(t.shape)
-
-    def _mlp_act(self, h: torch.Tensor, rt: _Runtime, buf: torch.Tensor) -> torch.Tensor:
-        """The MLP activation, in place on h. ReLU^2: clamp (exact, R3), then one correctly rounded multiply
-        (R2), as F.relu(h).square(). GELU by table (R4): nearest grid point, identity above the table range."""
-        if self.relu2:
-            h = h.clamp_min_(0.0)
-            return h.mul_(h)
-        tail = (h - rt.gelu_R).clamp_min_(0.0)  # h - R above the table, else +0
-        t = h.mul_(rt.gelu_mul).add_(rt.gelu_off).clamp_(0.0, rt.gelu_hi)  # exact scale, one rounding
-        y = self._table_(t, rt.gelu, buf)  # trunc(h 2**k + N + 1/2): the nearest grid point
-        return y.add_(tail)  # GELU(R) = R in float32, so R + (h - R) continues the identity
-
-    def _rope_cos_sin(self, pos: int) -> tuple[np.ndarray, np.ndarray]:
-        """cos, sin (hs/2,) float32 of the rotary angles pos * theta_i, from the tables (module doc)."""
-        F, c1, s1, c2, s2 = self._rope
-        turn = np.array([pos], dtype=np.uint64) * F  # exact mod 2**64 (uint64 wraps)
-        j = (turn >> np.uint64(54)).astype(np.int64)
-        k = ((turn >> np.uint64(44)) & np.uint64(1023)).astype(np.int64)
-        ca, sa, cb, sb = c1[j], s1[j], c2[k], s2[k]
-        cos = (ca * cb - sa * sb).astype(np.float32)  # float64 IEEE ops, one rounding each
-        sin = (sa * cb + ca * sb).astype(np.float32)
-        return cos, sin
-
-    def _rope_vectors(self, pos: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cosF, sinF (3C,) float32 for the shared position: q, k heads rotated, v heads identity."""
-        cos, sin = self._rope_cos_sin(pos)
-        nh = self.n_head
-        cos_h = np.concatenate([cos, cos])
-        sin_h = np.concatenate([-sin, sin])
-        cosF = np.concatenate([np.tile(cos_h, 2 * nh), np.ones(nh * self.head_size, np.float32)])
-        sinF = np.concatenate([np.tile(sin_h, 2 * nh), np.zeros(nh * self.head_size, np.float32)])
-        return torch.from_numpy(cosF).to(device), torch.from_numpy(sinF).to(device)
-
-    def _attention(self, x, L, rt, cache, layer, rope, slot, filled, v_first):
-        """One attention sub-block; returns (x + attn(x), v_first). v_first is the first layer's true-unit
-        values (B, nh, hs) for value residuals (None otherwise, and on entry to the first layer)."""
-        B, C, nh, hs = x.shape[0], self.n_embd, self.n_head, self.head_size
-        zq, a = self._norm_quant(x, L.g1, rt, rt.q_act)
-        h = self._linear(zq, L.w_attn, self._dt["attn_in"]).mul_(L.s_attn)  # (B, 3C)
-        r_qk = None
-        if self._qkv_true_units:
-            h.mul_(a)  # true units: one rounding (the row scale a is then not applied again below)
-            if L.b_attn is not None:
-                h.add_(L.b_attn)  # Linear bias (plus the folded LayerNorm bias): one rounding
-            heads = h.view(B, 3, nh, hs)
-            if self.qk_norm:  # per-head RMS norm of q and k, before the rotation (as gpt.py)
-                r_qk = self._qk_norm_(h.view(B, 3 * nh, hs)[:, : 2 * nh], L.g_qk, rt)
-            if self.value_residual:
-                v = heads[:, 2]  # (B, nh, hs) view into h
-                if v_first is None:  # the first layer: its own values, unmixed
-                    v_first = v.clone()
-                else:  # v + v_mix (v_first - v): three correctly rounded ops, as gpt.py (no lerp / FMA, R2)
-                    d = torch.sub(v_first, v).mul_(L.v_mix)
-                    v.add_(d)
-        # else: the row scale a is kept aside (it cancels in the per-head quantization) and applied to the scales
-        cosF, sinF = rope
-        sw = h.view(B, 3 * nh, hs).roll(hs // 2, -1).view(B, 3 * C).mul_(sinF)  # halves swapped (exact)
-        rot = h.mul_(cosF).add_(sw)  # (x1 c - x2 s, x2 c + x1 s); v: x * 1 + y * 0 = x exactly
-        rq, sc = self._quant_rows_(rot.view(B, 3 * nh, hs), rt.q_qkv, rt.tiny)  # per (row, head)
-        if not self._qkv_true_units:
-            sc = sc.mul_(a.view(B, 1, 1))  # true scale per (row, head)
-        elif r_qk is not None:
-            sc[:, : 2 * nh].mul_(r_qk)  # q, k: the QK-norm factor (the gain is already in y); one rounding
-        sc = sc.view(B, 3, nh)
-        rq = rq.view(B, 3, nh, hs)
-        kc, vc, skc, svc = cache.k[layer], cache.v[layer], cache.sk[layer], cache.sv[layer]
-        kc[:, :, slot] = rq[:, 1].reshape(B * nh, hs)  # exact copies into the rolling slot
-        vc[:, slot] = rq[:, 2].reshape(B * nh, hs)  # with value residuals: the mixed values, as gpt.KVCache
-        skc[:, 0, slot] = sc[:, 1].reshape(B * nh)
-        svc[:, 0, slot] = sc[:, 2].reshape(B * nh)
-        q = rq[:, 0].reshape(B * nh, 1, hs)
-        lg = torch.bmm(q, kc[:, :, :filled])  # (B nh, 1, L) exact integers (R1): |.| <= 127^2 hs
-        fq = sc[:, 0].reshape(B * nh, 1, 1).mul(rt.att_scale)  # s_q K_A / sqrt(hs), one rounding
-        lg.mul_(skc[:, :, :filled]).mul_(fq)  # two roundings
-        mx = lg.amax(dim=-1, keepdim=True)
-        d = lg.neg_().add_(mx).round_().clamp_max_(rt.n_attn)  # max - l >= 0 (one rounding), index
-        w = self._table_(d, rt.exp_attn, cache.ibuf)  # integers <= 2**15 (R4)
-        wsum = w.sum(dim=-1, keepdim=True)  # exact (R1): <= 2**15 T <= 2**24
-        # Per-key V scales are folded into the weights, which are then re-quantized in two exact stages:
-        # u1 = round(u * U1 / max u) in [0, U1] with U1 T <= 2**24 so that s1 = sum u1 is exact (R1);
-        # uq = round(u1 * U2 / s1), so sum uq <= U2 + 1 + T/2 and 127 * sum uq <= 2**24: the single-row
-        # bmm with the integer V is exact (R1).
-        u = w.mul_(svc[:, :, :filled])  # one rounding
-        um = u.amax(dim=-1, keepdim=True).clamp_min_(rt.tiny)
-        u1 = u.mul_(rt.u1 / um).round_()
-        s1 = u1.sum(dim=-1, keepdim=True)  # exact, >= U1 > 0
-        uq = u1.mul_(rt.u2 / s1).round_()
-        o = torch.bmm(uq, vc[:, :filled])  # (B nh, 1, hs), exact (R1)
-        # y = sum_j w_j s_v,j v_j / sum_j w_j = o * (max u * s1) / (U1 U2 sum w)
-        y = o.mul_(um.mul_(s1).div_(wsum.mul_(rt.u12)))  # three roundings in the factor, one in the product
-        yq, sy = self._quant_rows_(y.view(B, C), rt.q_act, rt.tiny)
-        out = self._linear(yq, L.w_aproj, self._dt["attn_out"]).mul_(L.s_aproj).mul_(sy)
-        if L.b_aproj is not None:
-            out.add_(L.b_aproj)  # one rounding
-        return out.add_(x), v_first  # x + out: one rounding (addition commutes exactly)
-
-    def _mlp(self, x, L, rt, cache):
-        zq, a = self._norm_quant(x, L.g2, rt, rt.q_act)
-        h = self._linear(zq, L.w_fc, self._dt["mlp_in"]).mul_(L.s_fc).mul_(a)
-        if L.b_fc is not None:
-            h.add_(L.b_fc)  # Linear bias (plus the folded LayerNorm bias): one rounding
-        g = self._mlp_act(h, rt, cache.ibuf)
-        gq, sg = self._quant_rows_(g, rt.q_hidden, rt.tiny)
-        out = self._linear(gq, L.w_mproj, self._dt["mlp_hidden"]).mul_(L.s_mproj).mul_(sg)
-        if L.b_mproj is not None:
-            out.add_(L.b_mproj)
-        return out.add_(x)
-
-    # ------------------------------------------------------------------ the step
-
-    @torch.no_grad()
-    def step_indices(self, idx: torch.Tensor, cache: PortableCache, reference: bool = False) -> torch.Tensor:
+    def step_indices(self, idx: torch.Tensor, cache) -> torch.Tensor:
         """Feed one byte per stream; returns the (B, 256) int64 exp-table indices of the next-byte
-        distribution (on the cache's device). ``step`` turns them into frequencies.
-
-        A CPU cache runs the numba kernels of ``portable_cpu`` (the same arithmetic, op for op, without
-        torch's per-op dispatch); ``reference=True`` or a CUDA cache runs the torch ops below. Both keep
-        their state in the same cache tensors, so either may take any step."""
-        device = cache.device
-        rt = self._runtime(device)
-        idx = idx.to(device=device, dtype=torch.long)
+        distribution (on the cache's device). ``step`` turns them into frequencies."""
+        idx = idx.to(device=cache.device, dtype=torch.long)
         if idx.shape != (cache.batch_size,):
             raise ValueError(f"idx must have shape ({cache.batch_size},), got {tuple(idx.shape)}")
-        if device.type == "cpu" and not reference:
-            return torch.from_numpy(portable_cpu.step_indices(self, rt, idx.numpy(), cache))
-        pos = cache.pos
-        slot = pos % cache.block_size
-        filled = min(pos + 1, cache.block_size)
-        rope = self._rope_vectors(pos, device)
-        x = rt.wte.index_select(0, idx)  # (B, C) exact gather
-        v_first = None
-        for layer, L in enumerate(rt.layers):
-            x, v_first = self._attention(x, L, rt, cache, layer, rope, slot, filled, v_first)
-            x = self._mlp(x, L, rt, cache)
-        zq, a = self._norm_quant(x, rt.gf, rt, rt.q_act)
-        lg = self._linear(zq, rt.w_head, self._dt["head_in"]).mul_(rt.s_head).mul_(a.mul_(rt.logit_scale))
-        if rt.b_head is not None:
-            lg.add_(rt.b_head)  # the folded ln_f bias, times K_L: one rounding
-        mx = lg.amax(dim=-1, keepdim=True)
-        cache.pos = pos + 1
-        return lg.neg_().add_(mx).round_().clamp_max_(rt.n_logit).long()
+        return self._backend(cache.device, isinstance(cache, PortableCache)).step_indices(idx, cache)
 
-    def step(self, idx: torch.Tensor, cache: PortableCache, reference: bool = False) -> np.ndarray:
+    def step(self, idx: torch.Tensor, cache) -> np.ndarray:
         """Feed one byte per stream (idx (B,)), return next-byte frequencies: int64 numpy (B, 256),
-        each row totalling 2**24 with every entry >= 1. ``reference``: see ``step_indices``."""
+        each row totalling 2**24 with every entry >= 1."""
         with ieee_fp32_matmuls():
-            ind = self.step_indices(idx, cache, reference)
+            ind = self.step_indices(idx, cache)
         return self.freqs_from_indices(ind.cpu().numpy())
 
     def freqs_from_indices(self, ind: np.ndarray) -> np.ndarray:
-        """Exact int64 arithmetic (numpy): f = floor(e (2**24 - V) / sum e) + 1, leftover to the first max."""
-        e = self._exp_logit_np[ind]  # (B, V) int64 <= 2**32; IndexError on NaN-derived indices
-        V = e.shape[1]
-        tot = e.sum(axis=1, keepdims=True)  # exact, >= 2**32 (the max entry has index 0)
-        f = (e * (TOTAL - V)) // tot  # <= 2**56, exact floor division
-        f += 1
-        top = f.argmax(axis=1)  # first maximum
-        rows = np.arange(f.shape[0])
-        f[rows, top] += TOTAL - f.sum(axis=1)  # leftover in [0, V)
+        """Exact int64 arithmetic: f = floor(e (2**24 - V) / sum e) + 1, leftover to the first max
+        (``cpu.freqs_from_indices``, for the indices of every backend)."""
+        ind = np.ascontiguousarray(ind, dtype=np.int64)
+        f = np.empty(ind.shape, np.int64)
+        cpu.freqs_from_indices(ind, self._exp_logit_np, TOTAL, f)
         return f
 
 
@@ -911,32 +562,3 @@ def ieee_fp32_matmuls():
             setattr(mod, attr, prev)
 
 
-@functools.lru_cache(maxsize=32)
-def _table_values(hs: int, rope_base: float, exp_attn_per_nat: int, exp_logit_per_nat: int, gelu_log2_step: int,
-                  gelu_range: int, gelu: bool) -> tuple:
-    """The tables' values (tuples: immutable, so the cache cannot be altered), computed once per process for
-    each set of parameters: they are pure functions of them, and nearly all of ``from_float``'s time."""
-    rope = tuple(tuple(v) for v in rope_tables(hs, rope_base))
-    ea, el = tuple(exp_table(exp_attn_per_nat, 15)), tuple(exp_table(exp_logit_per_nat, 32))
-    ge = tuple(gelu_table(gelu_log2_step, gelu_range)) if gelu else None
-    with localcontext() as ctx:  # K_A / sqrt(hs), correctly rounded in decimal, then to float64 -> float32
-        ctx.prec = 50
-        att = _to_float(Decimal(exp_attn_per_nat) / Decimal(hs).sqrt())
-    return rope, ea, el, ge, att
-
-
-def _build_tables(hs: int, rope_base: float, opts: dict, gelu: bool = True) -> dict[str, torch.Tensor]:
-    (F, c1, s1, c2, s2), ea, el, ge, att = _table_values(
-        hs, rope_base, opts["exp_attn_per_nat"], opts["exp_logit_per_nat"], opts["gelu_log2_step"],
-        opts["gelu_range"], gelu)
-    t = {}
-    t["rope.turns"] = torch.from_numpy(np.array(F, dtype=np.uint64).view(np.int64).copy())
-    for name, v in (("cos1", c1), ("sin1", s1), ("cos2", c2), ("sin2", s2)):
-        t["rope." + name] = torch.tensor(v, dtype=torch.float64)
-    t["table.exp_attn"] = torch.tensor(ea, dtype=torch.float32)
-    t["table.exp_logit"] = torch.tensor(el, dtype=torch.int64)
-    if gelu:  # ReLU^2 needs no table
-        t["table.gelu"] = torch.tensor(ge, dtype=torch.float64).float()
-    t["const.att_scale"] = torch.tensor(att, dtype=torch.float64).float()
-    t["const.logit_scale"] = torch.tensor(float(opts["exp_logit_per_nat"]), dtype=torch.float32)
-    return t
