@@ -29,33 +29,37 @@ TEXT = (b"Alice was beginning to get very tired of sitting by her sister on the 
         b"in it, 'and what is the use of a book,' thought Alice 'without pictures or conversations?'\n") * 12
 
 
-def lockstep(data: bytes, segment_bytes: int, config=SMALL, neural_freqs=None, record=None, masks=None):
+def lockstep(data: bytes, segment_bytes: int, config=SMALL, neural_freqs=None, masks=None, steps_per_call=1):
     """Code ``data`` with a ContextMixer and decode it again, as codec.neural's loop does; returns the
-    encoder's and the decoder's p1 sequences (and checks the bytes came back)."""
+    encoder's and the decoder's p1 (steps, B, 8) from the trace hook, with their mixers (and checks the
+    bytes came back). ``masks`` (steps, B): which streams are active at each step."""
     n = len(data)
     B = -(-n // segment_bytes)
     known = np.zeros(B * segment_bytes, dtype=np.uint8)
     known[:n] = np.frombuffer(data, dtype=np.uint8)
-    known = known.reshape(B, segment_bytes).astype(np.int64)
+    known = known.reshape(B, segment_bytes)
     lengths = np.minimum(segment_bytes, n - np.arange(B) * segment_bytes)
     steps = int(lengths.max())
     records = []
     for decoding in (False, True):
-        record = []
         mixer = M.ContextMixer(B, config, neural=neural_freqs is not None)
         coder = BatchDecoder(streams, 16) if decoding else BatchEncoder(B, 16)
-        bits = M.BitCoder(coder, B, decoding, record=record)
-        out = np.zeros((B, steps), dtype=np.int64)
-        for t in range(steps):
-            active = (lengths > t) if masks is None else masks[t]
-            bits.start(active, known[:, t])
-            out[:, t] = mixer.code_step(neural_freqs[t] if neural_freqs is not None else None, bits, active)
+        trace = M.StepTrace.new(steps, B, neural_share=False)
+        symbols = np.zeros((B, steps), dtype=np.uint8) if decoding else known[:, :steps].copy()
+        if masks is None and neural_freqs is None:
+            for first in range(0, steps, steps_per_call):
+                mixer.code(coder, first, min(first + steps_per_call, steps), lengths, symbols, trace=trace)
+        else:
+            for t in range(steps):
+                step_lengths = lengths if masks is None else np.where(masks[t], steps, 0)
+                mixer.code(coder, t, t + 1, step_lengths, symbols,
+                           freqs=neural_freqs[t] if neural_freqs is not None else None, trace=trace)
         if not decoding:
             streams = coder.finish()
         else:
             valid = np.arange(steps)[None, :] < lengths[:, None] if masks is None else masks.T
-            assert np.array_equal(out[valid], known[:, :steps][valid])
-        records.append((np.array(record), mixer))
+            assert np.array_equal(symbols[valid], known[:, :steps][valid])
+        records.append((trace.p1, mixer))
     return records
 
 
@@ -97,8 +101,18 @@ def test_encoder_and_decoder_predict_the_same_p1_at_every_bit(segment_bytes):
     stream finishes early and is masked out of the remaining steps)."""
     data = TEXT + bytes(range(256)) * 2
     (enc, _), (dec, _) = lockstep(data, segment_bytes)
-    assert enc.shape == dec.shape and enc.shape[0] % 8 == 0 and np.array_equal(enc, dec)
-    assert enc.min() >= 0 and enc.max() <= M.PONE - 1
+    assert enc.shape[2] == 8 and np.array_equal(enc, dec)
+    assert enc.max() <= M.PONE - 1 and (enc > 0).sum() == 8 * len(data)  # every coded bit recorded, only those
+
+
+def test_steps_per_call_do_not_change_anything():
+    """One compiled call per byte step or many: the same p1 at every bit, the same tables."""
+    data = TEXT + bytes(range(256))
+    (one, m1), _ = lockstep(data, 500, steps_per_call=1)
+    (many, m2), _ = lockstep(data, 500, steps_per_call=97)
+    assert np.array_equal(one, many)
+    for name in ("STATES", "APROB", "W1", "W2", "APM", "MMHT", "S"):
+        assert np.array_equal(getattr(m1, name), getattr(m2, name)), name
 
 
 def test_arbitrary_active_masks_keep_every_table_identical():
@@ -120,15 +134,13 @@ def test_neural_input_dominates_at_the_start():
     mixer = M.ContextMixer(B, SMALL, neural=True)
     freqs = np.full((B, 256), 1, dtype=np.int64)
     freqs[:, 0x41] = (1 << 24) - 255  # the model is sure the byte is 'A' (0b01000001)
-    seen = []
-
-    def bits(p1):
-        seen.append(p1.copy())
-        return np.full(B, (0x41 >> (8 - len(seen))) & 1, dtype=np.int64)
-
-    mixer.code_step(freqs, bits)
-    for k, p1 in enumerate(seen):
+    trace = M.StepTrace.new(1, B, neural_share=True)
+    mixer.code(BatchEncoder(B, 16), 0, 1, np.ones(B, dtype=np.int64), np.full((B, 1), 0x41, dtype=np.uint8),
+               freqs=freqs, trace=trace)
+    for k in range(8):
+        p1 = trace.p1[0, :, k]
         assert (p1 > 60000).all() if (0x41 >> (7 - k)) & 1 else (p1 < 5536).all()
+    assert (trace.share[0] > 0.5).all() and (trace.share[0] <= 1).all()  # the neural inputs carry layer 1
 
 
 # ----------------------------------------------------------------------------- through the codec
@@ -251,15 +263,37 @@ def test_the_float_check_catches_floats():
     assert _float_variables(mixes_uint64, ["float64(int64[::1])"])[0]
 
 
+def _kernel_calls():
+    """Each kernel that shapes p1, with arguments of the types the coding loop gives it (the loop calls
+    them from compiled code, so their dispatchers hold no signatures of their own)."""
+    mixer = M.ContextMixer(2, SMALL, neural=True)
+    A, T = mixer._arrays(), M.TABLES
+    active, bits, share = np.ones(2, dtype=np.bool_), np.zeros(2, dtype=np.int64), np.zeros((2, 2), dtype=np.int64)
+    freqs = np.ones((2, 256), dtype=np.int64)
+    return {
+        M._predict: (0, active, A.P, A.S, A.CK, A.BKT, A.SLOT, A.ST, A.X, A.SEL, A.SELK, A.SELOFF, A.D1, A.AIDX,
+                     A.STATES, A.APROB, A.W1, A.W2, A.APM, A.APMBASE, A.MBY, A.MLN, A.MCX, A.cum, A.p1, T.SQUASH,
+                     T.STRETCH, T.LOG2, share),
+        M._update: (0, bits, active, A.P, A.S, A.CK, A.CTX, A.BKT, A.SLOT, A.ST, A.X, A.SEL, A.D1, A.AIDX, A.STATES,
+                    A.APROB, A.ACNT, A.W1, A.W1N, A.W2, A.APM, A.MCX, T.NEX, T.SQUASH, T.DT, A.LRT, A.HBASE),
+        M._end_byte: (0, active, A.P, A.S, A.CK, A.CTX, A.BKT, A.STATES, A.BUF, A.MMHT, A.MPT, A.MLN, A.MBY, A.RPOS,
+                      A.G, A.HBASE),
+        M._contexts: (0, A.S, A.CK, A.CTX, A.BKT, A.STATES, A.P, A.HBASE),
+        M._bucket: (A.STATES, 0, 0, 0),
+        M._layout: (A.S, A.CK, A.MBY, A.SEL, A.X),
+        M._cum_freqs: (freqs, A.cum),
+    }
+
+
 @pytest.mark.slow
 def test_kernels_are_integer_only():
-    """No numba kernel that shapes p1 has a float-typed variable anywhere (inferred types of every variable)."""
-    lockstep(TEXT[:1500], 750, neural_freqs=fake_neural(np.random.default_rng(5), 750, 2))
-    lockstep(TEXT[:1500], 750)
+    """No numba kernel that shapes p1 has a float-typed variable anywhere (inferred types of every variable;
+    the coding loop around them uses floats only for its statistics)."""
+    from numba import typeof
+
     checked = 0
-    for fn in (M._predict, M._update, M._layout, M._end_byte, M._contexts, M._bucket, M._cum_freqs):
-        assert fn.signatures, fn
-        bad, count = _float_variables(fn.py_func, fn.signatures)
+    for fn, args in _kernel_calls().items():
+        bad, count = _float_variables(fn.py_func, [tuple(typeof(a) for a in args)])
         assert not bad, (fn.__name__, bad)
         checked += count
     assert checked > 100

@@ -99,10 +99,13 @@ import hashlib
 import json
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+
+from .coder import BatchDecoder, decode_binary_kernel, encode_binary_kernel, raise_binary_problem
 
 # ==================================================================================================
 # Deterministic tables (built with Python integers and the decimal module, never binary floats)
@@ -501,8 +504,10 @@ def _layout(S, CK, M, SEL, X):
 
 @njit(cache=True)
 def _predict(k, active, P, S, CK, BKT, SLOT, ST, X, SEL, SELK, SELOFF, D1, AIDX, STATES, APROB, W1, W2, APM, APMBASE,
-             MBY, MLN, MCX, cum, p1out, SQUASH, STRETCH, LOG2):
-    """P(bit k = 1) for every active stream, from the state before this bit's updates."""
+             MBY, MLN, MCX, cum, p1out, SQUASH, STRETCH, LOG2, share):
+    """P(bit k = 1) for every active stream, from the state before this bit's updates. With ``share`` of
+    shape (B, 2) (the trace hook; (0, 2) when unused) it also stores, per stream, sum |w*x| over the neural
+    inputs and over all inputs of layer 1."""
     B, nh, nm, nmm, K, N = _layout(S, CK, MBY, SEL, X)
     neural = P[P_NEURAL]
     smoff = P[P_SMOFF]
@@ -593,6 +598,17 @@ def _predict(k, active, P, S, CK, BKT, SLOT, ST, X, SEL, SELK, SELOFF, D1, AIDX,
             d1 = _clamp(_dot(W1[SEL[b, j]], xb, N) >> 16, -4095, 4095)
             D1[b, j] = d1
             dot2 += np.int64(W2[r2, j]) * d1
+        if share.shape[0] > 0:
+            neural_part, whole = 0, 0
+            for j in range(K):
+                w = W1[SEL[b, j]]
+                for i in range(N):
+                    a = abs(np.int64(w[i]) * xb[i])
+                    whole += a
+                    if neural and i >= N - 2:
+                        neural_part += a
+            share[b, 0] = neural_part
+            share[b, 1] = whole
         pm = SQUASH[_clamp(dot2 >> 16, -4095, 4095) + 4095]
         S[b, PMIX] = pm
         # --- APM / SSE stages on the mixer output
@@ -884,82 +900,183 @@ class ContextMixer:
         for b in range(B):
             _contexts(b, self.S, self.CK, self.CTX, self.BKT, self.STATES, self.P, self.HBASE)
 
-    def code_step(self, neural_freqs, code_bits, active=None) -> np.ndarray:
-        """Code one byte for every active stream; returns the bytes (B,) int64 (0 for inactive streams)."""
+    def _arrays(self):
+        return MixerArrays(self.P, self.S, self.CK, self.CTX, self.BKT, self.SLOT, self.ST, self.X, self.SEL, self.SELK,
+                           self.SELOFF, self.D1, self.AIDX, self.STATES, self.APROB, self.ACNT, self.W1, self.W1N, self.W2,
+                           self.APM, self.APMBASE, self.MBY, self.MLN, self.MCX, self.MPT, self.MMHT, self.RPOS, self.G,
+                           self.HBASE, self.BUF, self.LRT, self.cum, self.p1)
+
+    def code(self, coder, first: int, last: int, lengths, symbols, stored=None, freqs=None, bits=None,
+             trace=None) -> None:
+        """Code byte steps ``first .. last - 1`` of every stream in one compiled call (``_code_steps``).
+
+        ``coder`` is a ``BatchEncoder`` (``symbols`` (B, steps) uint8 are the bytes to code) or a
+        ``BatchDecoder`` of precision 16 (the decoded bytes are written into ``symbols``; the rows of the
+        ``stored`` streams already hold their bytes, whose bits feed the model without being decoded).
+        Stream b is active while ``lengths[b] > step``. ``freqs`` (B, 256): the model's integer
+        frequencies for a neural mixer (then one step per call). ``bits`` (B,) float64 accumulates each
+        stream's ideal code length. ``trace`` (the per-byte hook, see ``StepTrace``) receives the p1 of
+        every coded bit, and with a neural input its share of layer 1; without it nothing is recorded.
+        """
         B = self.B
-        active = self.all_active if active is None else np.ascontiguousarray(active, dtype=np.bool_)
-        if active.shape != (B,):
-            raise ValueError(f"active must have shape ({B},)")
+        decoding = isinstance(coder, BatchDecoder)
+        if coder.precision != PBITS:
+            raise ValueError(f"the mixer codes with a precision-{PBITS} coder, got {coder.precision}")
         if self.neural:
-            if neural_freqs is None:
-                raise ValueError("this mixer was built with neural=True: give the model's frequencies")
-            freqs = np.ascontiguousarray(neural_freqs, dtype=np.int64)
-            if freqs.shape != (B, 256):
-                raise ValueError(f"neural_freqs must have shape ({B}, 256)")
-            _cum_freqs(freqs, self.cum)
-        elif neural_freqs is not None:
-            raise ValueError("this mixer was built with neural=False: neural_freqs must be None")
-        if (self.step + 1) * B > self.BUF.shape[0]:
-            grown = np.zeros(2 * self.BUF.shape[0], dtype=np.uint8)
+            if freqs is None or last - first != 1:
+                raise ValueError("a neural mixer codes one step per call, with the model's frequencies")
+            _cum_freqs(np.ascontiguousarray(freqs, dtype=np.int64).reshape(B, 256), self.cum)
+        elif freqs is not None:
+            raise ValueError("this mixer was built with neural=False: freqs must be None")
+        if last * B > self.BUF.shape[0]:
+            grown = np.zeros(max(2 * self.BUF.shape[0], last * B), dtype=np.uint8)
             grown[: self.BUF.shape[0]] = self.BUF
             self.BUF = grown
-        for k in range(8):
-            _predict(k, active, self.P, self.S, self.CK, self.BKT, self.SLOT, self.ST, self.X, self.SEL, self.SELK,
-                     self.SELOFF,
-                     self.D1, self.AIDX, self.STATES, self.APROB, self.W1, self.W2, self.APM, self.APMBASE,
-                     self.MBY, self.MLN, self.MCX, self.cum, self.p1, SQUASH, STRETCH, LOG2)
-            bits = np.ascontiguousarray(code_bits(self.p1), dtype=np.int64)
-            _update(k, bits, active, self.P, self.S, self.CK, self.CTX, self.BKT, self.SLOT, self.ST, self.X,
-                    self.SEL, self.D1, self.AIDX, self.STATES, self.APROB, self.ACNT, self.W1, self.W1N, self.W2, self.APM,
-                    self.MCX, NEX, SQUASH, DT, self.LRT, self.HBASE)
-        out = np.where(active, self.S[:, C0] - 256, 0)
-        _end_byte(self.step, active, self.P, self.S, self.CK, self.CTX, self.BKT, self.STATES, self.BUF, self.MMHT,
-                  self.MPT, self.MLN, self.MBY, self.RPOS, self.G, self.HBASE)
-        self.step += 1
-        return out
-
+        if decoding:
+            value, range_, position, words, last_column = coder.binary_state()
+            state = (value, range_, words, position)
+        else:
+            coder.reserve(8 * (last - first) + 1)  # at most one word per coded bit
+            state, last_column = coder.binary_state(), 0
+        stored = np.zeros(B, dtype=np.bool_) if stored is None else np.ascontiguousarray(stored, dtype=np.bool_)
+        bits = np.zeros(B, dtype=np.float64) if bits is None else bits
+        trace = trace or StepTrace.off(B)
+        problem, stream = _code_steps(first, last, np.ascontiguousarray(lengths, dtype=np.int64), decoding, stored,
+                                      symbols, self._arrays(), TABLES, state, last_column, bits, trace.p1, trace.share,
+                                      first - trace.first)
+        self.step = last
+        if problem:
+            raise_binary_problem(problem, stream, self.p1, PBITS)
 
 def _clamp_py(x, lo, hi):
     return lo if x < lo else hi if x > hi else x
 
 
 # ==================================================================================================
-# Coding with the project's range coder
+# The coding loop: the mixer and the range coder in one compiled call
 # ==================================================================================================
 
 
-class BitCoder:
-    """``code_bits`` for ``ContextMixer.code_step``: codes bit k (MSB first) of every active stream with
-    its p1, as the 2-symbol distribution [2**16 - p1, p1] (``coder`` is a ``BatchEncoder`` or
-    ``BatchDecoder`` of precision 16), and returns the bits.
+class MixerArrays(NamedTuple):
+    """Every array of a ContextMixer's state, as one argument of the compiled loop."""
 
-    ``start(active, known)`` begins a byte step: the encoder's ``known`` are the bytes it codes; the
-    decoder's are the bytes of its ``stored`` streams (kept as they are in the file), whose bits it
-    returns without decoding, so the shared model sees every stream's bits on both sides. ``bits``
-    (B,) accumulates each stream's ideal code length, -log2 of the probability each coded bit had.
-    """
+    P: np.ndarray
+    S: np.ndarray
+    CK: np.ndarray
+    CTX: np.ndarray
+    BKT: np.ndarray
+    SLOT: np.ndarray
+    ST: np.ndarray
+    X: np.ndarray
+    SEL: np.ndarray
+    SELK: np.ndarray
+    SELOFF: np.ndarray
+    D1: np.ndarray
+    AIDX: np.ndarray
+    STATES: np.ndarray
+    APROB: np.ndarray
+    ACNT: np.ndarray
+    W1: np.ndarray
+    W1N: np.ndarray
+    W2: np.ndarray
+    APM: np.ndarray
+    APMBASE: np.ndarray
+    MBY: np.ndarray
+    MLN: np.ndarray
+    MCX: np.ndarray
+    MPT: np.ndarray
+    MMHT: np.ndarray
+    RPOS: np.ndarray
+    G: np.ndarray
+    HBASE: np.ndarray
+    BUF: np.ndarray
+    LRT: np.ndarray
+    cum: np.ndarray
+    p1: np.ndarray
 
-    def __init__(self, coder, num_streams: int, decoding: bool, stored=None, record: list | None = None):
-        self.coder, self.decoding, self.record = coder, decoding, record
-        self.stored = np.zeros(num_streams, dtype=bool) if stored is None else np.asarray(stored, dtype=bool)
-        self.bits = np.zeros(num_streams, dtype=np.float64)
-        self.active = self.known = None
-        self.k = 0
 
-    def start(self, active, known) -> None:
-        self.active, self.known, self.k = active, np.asarray(known, dtype=np.int64), 0
+class Tables(NamedTuple):
+    SQUASH: np.ndarray
+    STRETCH: np.ndarray
+    LOG2: np.ndarray
+    NEX: np.ndarray
+    DT: np.ndarray
 
-    def __call__(self, p1):
-        known_bits = (self.known >> (7 - self.k)) & 1
-        if self.decoding:
-            bits = self.coder.decode_binary(p1, self.active & ~self.stored)
-            bits[self.stored] = known_bits[self.stored]
-        else:
-            bits = known_bits
-            self.coder.encode_binary(p1, bits, self.active)
-        chosen = np.where(bits == 1, p1, PONE - p1)
-        self.bits += np.where(self.active, PBITS - np.log2(chosen), 0.0)
-        if self.record is not None:
-            self.record.append(np.where(self.active, p1, 0))
-        self.k += 1
-        return bits
+
+TABLES = Tables(SQUASH, STRETCH, LOG2, NEX, DT)
+
+
+@dataclass
+class StepTrace:
+    """The per-byte hook of ``ContextMixer.code``: ``p1`` (steps, B, 8) uint16, the probability of a 1 that
+    coded each bit (0 for inactive streams), and ``share`` (steps, B) float64, the neural inputs' share
+    of layer 1 (sum |w*x| over them / over all inputs) averaged over the byte's 8 bits (zero-sized when
+    not wanted). Row 0 is step ``first``."""
+
+    p1: np.ndarray
+    share: np.ndarray
+    first: int = 0
+
+    @classmethod
+    def new(cls, steps: int, num_streams: int, neural_share: bool, first: int = 0) -> "StepTrace":
+        return cls(np.zeros((steps, num_streams, 8), dtype=np.uint16),
+                   np.zeros((steps if neural_share else 0, num_streams), dtype=np.float64), first)
+
+    @classmethod
+    def off(cls, num_streams: int) -> "StepTrace":
+        return cls(np.zeros((0, num_streams, 8), dtype=np.uint16), np.zeros((0, num_streams), dtype=np.float64))
+
+
+@njit(cache=True)
+def _code_steps(first, last, lengths, decoding, stored, symbols, A, T, coder, last_column, bits, trace_p1, trace_share,
+                trace_row):
+    """Steps first..last-1: for each bit k, p1 of every stream (``_predict``), the range coder on all of
+    them (``encode_binary_kernel`` / ``decode_binary_kernel``), then the updates (``_update``); after bit 7
+    ``_end_byte``. The calls and their order are those of one byte step per call, so the output does not
+    depend on how the steps are grouped into calls. Floats here only accumulate statistics (code lengths,
+    shares), never anything that shapes p1. Returns (0, -1), or the coder's (problem, stream)."""
+    B = lengths.shape[0]
+    active = np.zeros(B, dtype=np.bool_)
+    decoded = np.zeros(B, dtype=np.bool_)  # the streams whose bits come from the coder when decoding
+    bit = np.zeros(B, dtype=np.int64)
+    share = np.zeros((B if trace_share.shape[0] > 0 else 0, 2), dtype=np.int64)
+    tracing = trace_p1.shape[0] > 0
+    for step in range(first, last):
+        for b in range(B):
+            active[b] = lengths[b] > step
+            decoded[b] = active[b] and not stored[b]
+        row = step - first + trace_row
+        for k in range(8):
+            _predict(k, active, A.P, A.S, A.CK, A.BKT, A.SLOT, A.ST, A.X, A.SEL, A.SELK, A.SELOFF, A.D1, A.AIDX,
+                     A.STATES, A.APROB, A.W1, A.W2, A.APM, A.APMBASE, A.MBY, A.MLN, A.MCX, A.cum, A.p1, T.SQUASH,
+                     T.STRETCH, T.LOG2, share)
+            if decoding:
+                problem, stream = decode_binary_kernel(coder[0], coder[1], coder[3], coder[2], last_column, A.p1,
+                                                       decoded, PBITS, bit)
+                for b in range(B):
+                    if stored[b]:
+                        bit[b] = (symbols[b, step] >> (7 - k)) & 1 if active[b] else 0
+            else:
+                for b in range(B):
+                    bit[b] = (symbols[b, step] >> (7 - k)) & 1 if active[b] else 0
+                problem, stream = encode_binary_kernel(coder[0], coder[1], coder[2], coder[3], A.p1, bit, active,
+                                                       PBITS)
+            if problem:
+                return problem, stream
+            for b in range(B):
+                if active[b]:
+                    p = A.p1[b]
+                    bits[b] += PBITS - np.log2(p if bit[b] else PONE - p)
+                    if tracing:
+                        trace_p1[row, b, k] = p
+                    if share.shape[0] > 0 and share[b, 1] > 0:
+                        trace_share[row, b] += share[b, 0] / share[b, 1] / 8
+            _update(k, bit, active, A.P, A.S, A.CK, A.CTX, A.BKT, A.SLOT, A.ST, A.X, A.SEL, A.D1, A.AIDX, A.STATES,
+                    A.APROB, A.ACNT, A.W1, A.W1N, A.W2, A.APM, A.MCX, T.NEX, T.SQUASH, T.DT, A.LRT, A.HBASE)
+        if decoding:
+            for b in range(B):
+                if decoded[b]:
+                    symbols[b, step] = A.S[b, C0] - 256
+        _end_byte(step, active, A.P, A.S, A.CK, A.CTX, A.BKT, A.STATES, A.BUF, A.MMHT, A.MPT, A.MLN, A.MBY, A.RPOS,
+                  A.G, A.HBASE)
+    return 0, -1
