@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 from ..errors import CompressionError, ConfigError, ContainerError, StreamError
 from . import container
 from .coder import PRECISION, BatchDecoder, BatchEncoder, quantize
-from .mixing import ContextMixer, MixerConfig, StepTrace
+from .mixing.config import MixerConfig
+from .mixing.engine import ContextMixer, StepTrace
 from .trace import ByteTrace
 
 # torch is imported only where a model is used: context mixing alone starts without it
