@@ -42,7 +42,7 @@ def clamp_py(x, lo, hi):
     return lo if x < lo else hi if x > hi else x
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def predict(A, T, b, pm, c0, c1):
     """Stream b's final p1 from the mixer's pm."""
     xs = np.int64(T.STRETCH[pm]) + LOGIT_OFFSET  # 1 .. 8191
@@ -62,7 +62,7 @@ def predict(A, T, b, pm, c0, c1):
     return clamp(pf >> FINAL_SHIFT, 1, PONE - 1)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def update(A, b, y):
     for a in range(2):
         i = A.index[b, a]

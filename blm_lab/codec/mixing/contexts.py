@@ -127,44 +127,49 @@ def byte_contexts(H, R, b, c4, c8):
         H.bucket[b, h] = find_bucket(H.states, H.base[h], x, H.nbmask)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def predict(H, T, k, b, c0, c4, x, x_first):
     """Stream b's inputs for bit k into x[b, x_first:]; returns how many models have seen their context."""
+    states, slot, state, stretch = H.states, H.slot, H.state, T.STRETCH  # bound once: no reference counting per use
     nh = H.spec.shape[0]
     nm = DIRECT_MODELS + nh
-    H.slot[b, 0] = ((c4 & 0xFF) << 8) | c0  # order 1
-    H.slot[b, 1] = ORDER2_BASE + (((c4 & 0xFFFF) << 8) | c0)  # order 2
+    slot[b, 0] = ((c4 & 0xFF) << 8) | c0  # order 1
+    slot[b, 1] = ORDER2_BASE + (((c4 & 0xFFFF) << 8) | c0)  # order 2
     if k < 4:
         node = c0
     else:
         node = (c0 & ((1 << (k - 4)) - 1)) | (1 << (k - 4))
+    bucket = H.bucket
     for h in range(nh):
-        H.slot[b, DIRECT_MODELS + h] = H.bucket[b, h] + node
-    x[b, x_first] = T.STRETCH[sm_p(H.order0, c0) >> AP_TO_P]
+        slot[b, DIRECT_MODELS + h] = bucket[b, h] + node
+    x[b, x_first] = stretch[sm_p(H.order0, c0) >> AP_TO_P]
+    maps = H.maps.p
+    lin_shift = H.lin_shift
     hits = 0
     for m in range(nm):
-        st = np.int64(H.states[H.slot[b, m]])
-        H.state[b, m] = st
+        st = np.int64(states[slot[b, m]])
+        state[b, m] = st
         if st != 0:
             hits += 1
-        pq = sm_p(H.maps, m * MAP_SLOTS + st) >> AP_TO_P
-        x[b, x_first + 1 + m] = T.STRETCH[pq] if st != 0 else 0  # a context never seen says nothing
-        if H.lin_shift > 0:
-            x[b, x_first + 1 + nm + m] = (pq - HALF) >> H.lin_shift if st != 0 else 0
+        pq = np.int64(maps[m * MAP_SLOTS + st]) >> AP_TO_P
+        x[b, x_first + 1 + m] = stretch[pq] if st != 0 else 0  # a context never seen says nothing
+        if lin_shift > 0:
+            x[b, x_first + 1 + nm + m] = (pq - HALF) >> lin_shift if st != 0 else 0
     return hits
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def update(H, T, b, y, c0):
     """Learn bit y of stream b: each StateMap at the state it predicted from, each state along NEX."""
-    sm_update(H.order0, c0, y, T.DT)
-    for m in range(H.slot.shape[1]):
-        sm_update(H.maps, m * MAP_SLOTS + H.state[b, m], y, T.DT)
-        s = H.slot[b, m]
-        H.states[s] = T.NEX[H.states[s], y]
+    states, slot, state, maps, nex, dt = H.states, H.slot, H.state, H.maps, T.NEX, T.DT
+    sm_update(H.order0, c0, y, dt)
+    for m in range(slot.shape[1]):
+        sm_update(maps, m * MAP_SLOTS + state[b, m], y, dt)
+        s = slot[b, m]
+        states[s] = nex[states[s], y]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def next_nibble(H, b, c0):
     """After bit 3: the hashed contexts move to the bucket of the second nibble."""
     for h in range(H.spec.shape[0]):

@@ -65,48 +65,51 @@ def _check(cfg: MixerConfig) -> None:
         raise ValueError("final_w must sum to 16")
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def predict_bit(k, active, M, T, share):
     """p1 of bit k for every active stream (HALF for the others), from the state before this bit."""
-    S, L, X = M.streams, M.layout, M.mixer
-    for b in range(S.c0.shape[0]):
+    # components bound once per bit, outside the stream loop (each access to a tuple of arrays counts references)
+    S, L, H, MM, NI, X, A = M.streams, M.layout, M.contexts, M.match, M.neural, M.mixer, M.apm
+    c0s, c4s, p1, x, neural = S.c0, S.c4, S.p1, X.x, M.has_neural
+    for b in range(c0s.shape[0]):
         if not active[b]:
-            S.p1[b] = HALF
+            p1[b] = HALF
             continue
-        c0 = S.c0[b]
-        c4 = S.c4[b]
+        c0 = c0s[b]
+        c4 = c4s[b]
         c1 = c4 & 255
-        hits = contexts.predict(M.contexts, T, k, b, c0, c4, X.x, L.contexts)
-        mstate = match.predict(M.match, T, k, b, c0, X.x, L.match)
-        nnb = neural_input.predict(M.neural, T, k, b, c0, X.x, L.neural) if M.has_neural else 0
+        hits = contexts.predict(H, T, k, b, c0, c4, x, L.contexts)
+        mstate = match.predict(MM, T, k, b, c0, x, L.match)
+        nnb = neural_input.predict(NI, T, k, b, c0, x, L.neural) if neural else 0
         mixer.select(X, b, k, c0, c1, mstate, hits, nnb)
         pm = mixer.predict(X, T, b, k, nnb, share)
-        S.p1[b] = apm.predict(M.apm, T, b, pm, c0, c1)
+        p1[b] = apm.predict(A, T, b, pm, c0, c1)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def update_bit(k, bits, active, M, T):
     """Every component of every active stream learns its bit, in stream order."""
-    S = M.streams
-    for b in range(S.c0.shape[0]):
+    H, MM, NI, X, A = M.contexts, M.match, M.neural, M.mixer, M.apm
+    c0s, neural = M.streams.c0, M.has_neural
+    for b in range(c0s.shape[0]):
         if not active[b]:
             continue
         y = np.int64(bits[b])
-        c0 = S.c0[b]
-        contexts.update(M.contexts, T, b, y, c0)
-        match.update(M.match, T, b, y)
-        if M.has_neural:
-            neural_input.update(M.neural, T, b, y)
-        mixer.update(M.mixer, T, b, y)
-        apm.update(M.apm, b, y)
-        S.c0[b] = c0 * 2 + y
+        c0 = c0s[b]
+        contexts.update(H, T, b, y, c0)
+        match.update(MM, T, b, y)
+        if neural:
+            neural_input.update(NI, T, b, y)
+        mixer.update(X, T, b, y)
+        apm.update(A, b, y)
+        c0s[b] = c0 * 2 + y
     if k == 3:
-        for b in range(S.c0.shape[0]):
+        for b in range(c0s.shape[0]):
             if active[b]:
-                contexts.next_nibble(M.contexts, b, S.c0[b])
+                contexts.next_nibble(H, b, c0s[b])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def end_byte(step, active, M):
     """After bit 7: store every stream's byte, then advance each stream's models in stream order."""
     S = M.streams
@@ -223,9 +226,11 @@ class ContextMixer:
         stored = np.zeros(B, dtype=np.bool_) if stored is None else np.ascontiguousarray(stored, dtype=np.bool_)
         bits = np.zeros(B, dtype=np.float64) if bits is None else bits
         trace = trace or StepTrace.off(B)
+        masks, bit = np.zeros((2, B), dtype=np.bool_), np.zeros(B, dtype=np.int64)  # the loop's scratch
+        share = np.zeros((B if trace.share.shape[0] > 0 else 0, 2), dtype=np.int64)
         problem, stream = _code_steps(first, last, np.ascontiguousarray(lengths, dtype=np.int64), decoding, stored,
                                       symbols, self.state, TABLES, state, last_column, bits, trace.p1, trace.share,
-                                      first - trace.first)
+                                      first - trace.first, masks, bit, share)
         self.step = last
         if problem:
             raise_binary_problem(problem, stream, self.state.streams.p1, PBITS)
@@ -252,20 +257,20 @@ class StepTrace:
         return cls(np.zeros((0, num_streams, 8), dtype=np.uint16), np.zeros((0, num_streams), dtype=np.float64))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _code_steps(first, last, lengths, decoding, stored, symbols, M, T, coder, last_column, bits, trace_p1, trace_share,
-                trace_row):
+                trace_row, masks, bit, share):
     """Steps first..last-1: for each bit k, p1 of every stream (``predict_bit``), the range coder on all of
     them (``encode_binary_kernel`` / ``decode_binary_kernel``), then ``update_bit``; after bit 7
     ``end_byte``. The calls and their order are those of one byte step per call, so the output does not
     depend on how the steps are grouped into calls. Floats here only accumulate statistics (code lengths,
-    shares), never anything that shapes p1. Returns (0, -1), or the coder's (problem, stream)."""
+    shares), never anything that shapes p1. Compiled without reference counting (``_nrt=False``: it
+    allocates nothing; its scratch ``masks``, ``bit`` and the hook's ``share`` (B or 0, 2) come from the caller), which
+    the per-bit array accesses of the inlined components would otherwise pay for. Returns (0, -1), or
+    the coder's (problem, stream)."""
     B = lengths.shape[0]
     p1 = M.streams.p1
-    active = np.zeros(B, dtype=np.bool_)
-    decoded = np.zeros(B, dtype=np.bool_)  # the streams whose bits come from the coder when decoding
-    bit = np.zeros(B, dtype=np.int64)
-    share = np.zeros((B if trace_share.shape[0] > 0 else 0, 2), dtype=np.int64)
+    active, decoded = masks[0], masks[1]  # decoded: the streams whose bits come from the coder when decoding
     tracing = trace_p1.shape[0] > 0
     for step in range(first, last):
         for b in range(B):

@@ -62,7 +62,7 @@ def length_bucket(n):
     return 31 if r > 31 else r
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def predict(M, T, k, b, c0, x, x_first):
     """Stream b's inputs for bit k into x[b, x_first:]; returns the match state that selects a weight set:
     0 for no agreeing match, else 1 + (length bucket, expected bit) of the longest."""
@@ -84,7 +84,7 @@ def predict(M, T, k, b, c0, x, x_first):
     return mstate
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def update(M, T, b, y):
     for q in range(M.slot.shape[1]):
         if M.slot[b, q] >= 0:

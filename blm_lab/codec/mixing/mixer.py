@@ -69,7 +69,7 @@ def _train(w, x, n, e):
         w[i] = min(max(w[i] + ((x[i] * e + ROUND24) >> 24), -WMAX), WMAX)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def select(X, b, k, c0, c1, mstate, hits, nnb):
     """The layer-1 weight sets of stream b for bit k."""
     for j in range(X.select_kind.shape[0]):
@@ -87,23 +87,24 @@ def select(X, b, k, c0, c1, mstate, hits, nnb):
         X.selected[b, j] = X.select_base[j] + v
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def predict(X, T, b, k, nnb, share):
     """Stream b's mixed 16-bit probability. ``share`` (B, 2), when not empty (the trace hook), receives
     sum |w*x| over the neural inputs and over all inputs of layer 1."""
+    w1, selected, d1s, w2 = X.w1, X.selected, X.d1, X.w2  # bound once: no reference counting per use
     N = X.x.shape[1]
     xb = X.x[b]
     r2 = k * 16 + nnb
     X.w2_row[b] = r2
     dot2 = 0
-    for j in range(X.selected.shape[1]):
-        d1 = clamp(_dot(X.w1[X.selected[b, j]], xb, N) >> 16, -SMAX, SMAX)
-        X.d1[b, j] = d1
-        dot2 += np.int64(X.w2[r2, j]) * d1
+    for j in range(selected.shape[1]):
+        d1 = clamp(_dot(w1[selected[b, j]], xb, N) >> 16, -SMAX, SMAX)
+        d1s[b, j] = d1
+        dot2 += np.int64(w2[r2, j]) * d1
     if share.shape[0] > 0:
         neural_part, whole = 0, 0
-        for j in range(X.selected.shape[1]):
-            w = X.w1[X.selected[b, j]]
+        for j in range(selected.shape[1]):
+            w = w1[selected[b, j]]
             for i in range(N):
                 a = abs(np.int64(w[i]) * xb[i])
                 whole += a
@@ -116,17 +117,21 @@ def predict(X, T, b, k, nnb, share):
     return pm
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def update(X, T, b, y):
     """Learn bit y of stream b: each weight set along the gradient of the code length."""
+    w1, selected, d1s, w2, updates, rate = X.w1, X.selected, X.d1, X.w2, X.w1_updates, X.rate
     N = X.x.shape[1]
+    xb = X.x[b]
+    r2 = X.w2_row[b]
+    lr2 = X.lr2
     err2 = (y << PBITS) - X.p[b]
-    for j in range(X.selected.shape[1]):
-        d1 = X.d1[b, j]
+    for j in range(selected.shape[1]):
+        d1 = d1s[b, j]
         err = (y << PBITS) - squash(T, d1)
-        row = X.selected[b, j]
-        n = X.w1_updates[row]
-        if n < X.rate.shape[0] - 1:
-            X.w1_updates[row] = n + 1
-        _train(X.w1[row], X.x[b], N, err * X.rate[n])
-        X.w2[X.w2_row[b], j] += (d1 * err2 * X.lr2 + ROUND24) >> 24
+        row = selected[b, j]
+        n = updates[row]
+        if n < rate.shape[0] - 1:
+            updates[row] = n + 1
+        _train(w1[row], xb, N, err * rate[n])
+        w2[r2, j] += (d1 * err2 * lr2 + ROUND24) >> 24

@@ -53,7 +53,7 @@ def cum_freqs(freqs, cum):
             cum[b, i + 1] = s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def predict(NI, T, k, b, c0, x, x_first):
     """Stream b's two inputs for bit k into x[b, x_first:]; returns the confidence bucket (0..15)."""
     lo = (c0 - (1 << k)) << (8 - k)
@@ -73,6 +73,6 @@ def predict(NI, T, k, b, c0, x, x_first):
     return clamp(xs >> BUCKET_SHIFT, 0, 15)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def update(NI, T, b, y):
     sm_update(NI.calibration, NI.bin[b], y, T.DT)
