@@ -24,6 +24,9 @@ ORDER2_BASE = 1 << 16  # the order-2 table follows the order-1 table (65536 stat
 DIRECT_STATES = ORDER2_BASE + (1 << 24)
 BUCKET_BYTES = 16  # a checksum byte and the states of a nibble's 15 tree nodes
 MAP_SLOTS = 256  # each model's StateMap has a slot per state
+# hash salts: each kind of context hashes into its own family (``+ h``: and each context into its own)
+SALT_WORD, SALT_NO_WORD, SALT_WORD2, SALT_RECORD, SALT_RECORD2, SALT_RECORD3 = 0x100, 0x200, 0x300, 0x400, 0x500, 0x600
+SALT_LOCAL = 0x10000  # a local context is hashed again with SALT_LOCAL + stream
 
 
 class BitHistories(NamedTuple):
@@ -110,19 +113,19 @@ def byte_contexts(H, R, b, c4, c8):
             x = h2(h2(c4 & m4, c8 & H.spec[h, 2]), h + 1)
         elif kind == CTX_WORD:
             if H.word[b] != 0:
-                x = h2(H.word[b], 0x100 + h)
+                x = h2(H.word[b], SALT_WORD + h)
             else:
-                x = h2(c4 & m4, 0x200 + h)
+                x = h2(c4 & m4, SALT_NO_WORD + h)
         elif kind == CTX_WORD2:
-            x = h2(h2(H.word[b], H.prev_word[b]), 0x300 + h)
+            x = h2(h2(H.word[b], H.prev_word[b]), SALT_WORD2 + h)
         elif kind == CTX_RECORD:
-            x = h2(h2(R.above[b] | (R.length[b] << 8), c4 & m4), 0x400 + h)
+            x = h2(h2(R.above[b] | (R.length[b] << 8), c4 & m4), SALT_RECORD + h)
         elif kind == CTX_RECORD2:
-            x = h2(h2(R.above[b] | (R.above2[b] << 8) | (R.length[b] << 16), c4 & m4), 0x500 + h)
+            x = h2(h2(R.above[b] | (R.above2[b] << 8) | (R.length[b] << 16), c4 & m4), SALT_RECORD2 + h)
         else:  # CTX_RECORD3
-            x = h2(h2(R.above[b] | (R.above_left[b] << 8) | (R.above_right[b] << 16), c4 & m4), 0x600 + h)
+            x = h2(h2(R.above[b] | (R.above_left[b] << 8) | (R.above_right[b] << 16), c4 & m4), SALT_RECORD3 + h)
         if H.spec[h, 3]:
-            x = h2(x, 0x10000 + b)
+            x = h2(x, SALT_LOCAL + b)
         H.ctx[b, h] = x
         H.bucket[b, h] = find_bucket(H.states, H.base[h], x, H.nbmask)
 

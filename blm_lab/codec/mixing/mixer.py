@@ -14,11 +14,12 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .tables import (PBITS, PONE, ROUND24, SEL_C0, SEL_C1, SEL_HITS, SEL_MATCH, SELECTORS, SMAX, WMAX, clamp,
+from .tables import (PBITS, PONE, ROUND24, WEIGHT_SHIFT, SEL_C0, SEL_C1, SEL_HITS, SEL_MATCH, SELECTORS, SMAX, WMAX, clamp,
                      squash)
 
 BIAS = 256  # input 0: a constant
-LAYER2_ROWS = 128  # layer-2 weight rows: bit position (8) x neural bucket (16)
+BUCKETS = 16  # per bit position: 16 hit counts or neural confidence buckets select a weight set / layer-2 row
+LAYER2_ROWS = 8 * BUCKETS  # layer-2 weight rows: bit position x neural bucket
 RATE_STEPS = 4096  # layer-1 rate table: by how often the weight set was updated (capped)
 
 
@@ -81,9 +82,9 @@ def select(X, b, k, c0, c1, mstate, hits, nnb):
         elif kind == SEL_C1:
             v = c1
         elif kind == SEL_HITS:
-            v = k * 16 + clamp(hits, 0, 15)
+            v = k * BUCKETS + clamp(hits, 0, BUCKETS - 1)
         else:  # SEL_NEURAL
-            v = k * 16 + nnb
+            v = k * BUCKETS + nnb
         X.selected[b, j] = X.select_base[j] + v
 
 
@@ -94,11 +95,11 @@ def predict(X, T, b, k, nnb, share):
     w1, selected, d1s, w2 = X.w1, X.selected, X.d1, X.w2  # bound once: no reference counting per use
     N = X.x.shape[1]
     xb = X.x[b]
-    r2 = k * 16 + nnb
+    r2 = k * BUCKETS + nnb
     X.w2_row[b] = r2
     dot2 = 0
     for j in range(selected.shape[1]):
-        d1 = clamp(_dot(w1[selected[b, j]], xb, N) >> 16, -SMAX, SMAX)
+        d1 = clamp(_dot(w1[selected[b, j]], xb, N) >> WEIGHT_SHIFT, -SMAX, SMAX)
         d1s[b, j] = d1
         dot2 += np.int64(w2[r2, j]) * d1
     if share.shape[0] > 0:
@@ -112,7 +113,7 @@ def predict(X, T, b, k, nnb, share):
                     neural_part += a
         share[b, 0] = neural_part
         share[b, 1] = whole
-    pm = squash(T, dot2 >> 16)
+    pm = squash(T, dot2 >> WEIGHT_SHIFT)
     X.p[b] = pm
     return pm
 

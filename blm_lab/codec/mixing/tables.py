@@ -180,7 +180,7 @@ HALF = PONE // 2  # p1 of a stream that is not coded this step
 LOGIT_OFFSET = SMAX + 1  # stretch + LOGIT_OFFSET lies in [1, 8191]: the index domain of interpolated bins
 LOGIT_SPAN = 2 * LOGIT_OFFSET  # 8192
 M32 = 0xFFFFFFFF
-WEIGHT_ONE = 1 << 16  # mixer weights are 16.16 fixed point
+WEIGHT_SHIFT = 16  # mixer weights are 16.16 fixed point
 WMAX = (1 << 24) - 1  # mixer weights stay within +-256.0, so int32 storage never wraps
 ROUND24 = 1 << 23  # rounding term of the >> 24 in the weight updates
 
