@@ -107,6 +107,20 @@ def test_encoder_and_decoder_predict_the_same_p1_at_every_bit(segment_bytes):
     assert enc.max() <= T.PONE - 1 and (enc > 0).sum() == 8 * len(data)  # every coded bit recorded, only those
 
 
+def test_the_trace_hook_reports_what_each_byte_cost():
+    """StepTrace.bits is -log2 of the probabilities the recorded p1 gave each coded bit."""
+    data = TEXT[:3000]
+    B, steps = 3, 1000
+    mixer = M.ContextMixer(B, SMALL)
+    trace = M.StepTrace.new(steps, B, neural_share=False)
+    symbols = np.frombuffer(data, dtype=np.uint8).reshape(B, steps).copy()
+    mixer.code(BatchEncoder(B, 16), 0, steps, np.full(B, steps), symbols, trace=trace)
+    bit = (symbols.T[..., None] >> np.arange(7, -1, -1)) & 1  # (steps, B, 8)
+    p1 = trace.p1.astype(np.float64)
+    expected = (16 - np.log2(np.where(bit == 1, p1, 65536 - p1))).sum(-1)
+    assert np.allclose(trace.bits, expected, rtol=0, atol=1e-9)
+
+
 def test_steps_per_call_do_not_change_anything():
     """One compiled call per byte step or many: the same p1 at every bit, the same tables."""
     data = TEXT + bytes(range(256))

@@ -347,10 +347,7 @@ class _MixedCoding:
 
     def trace_bits(self) -> np.ndarray:
         """(B, steps) float64: each byte's code length from the p1 its bits were coded with."""
-        p1 = self.trace.p1.astype(np.float64)  # (steps, B, 8)
-        bit = (self.symbols.T[..., None] >> np.arange(7, -1, -1, dtype=np.uint8)) & 1
-        chosen = np.where(bit == 1, p1, float(1 << self.precision) - p1)
-        return np.where(p1 > 0, self.precision - np.log2(np.maximum(chosen, 1.0)), 0.0).sum(-1).T
+        return self.trace.bits.T
 
 
 def _lockstep(predictor, lengths: np.ndarray, coding, label: str, progress: bool, model_bits: np.ndarray | None):

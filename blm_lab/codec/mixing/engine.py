@@ -229,8 +229,8 @@ class ContextMixer:
         masks, bit = np.zeros((2, B), dtype=np.bool_), np.zeros(B, dtype=np.int64)  # the loop's scratch
         share = np.zeros((B if trace.share.shape[0] > 0 else 0, 2), dtype=np.int64)
         problem, stream = _code_steps(first, last, np.ascontiguousarray(lengths, dtype=np.int64), decoding, stored,
-                                      symbols, self.state, TABLES, state, last_column, bits, trace.p1, trace.share,
-                                      first - trace.first, masks, bit, share)
+                                      symbols, self.state, TABLES, state, last_column, bits, trace.p1, trace.bits,
+                                      trace.share, first - trace.first, masks, bit, share)
         self.step = last
         if problem:
             raise_binary_problem(problem, stream, self.state.streams.p1, PBITS)
@@ -239,27 +239,30 @@ class ContextMixer:
 @dataclass
 class StepTrace:
     """The per-byte hook of ``ContextMixer.code``: ``p1`` (steps, B, 8) uint16, the probability of a 1 that
-    coded each bit (0 for inactive streams), and ``share`` (steps, B) float64, the neural inputs' share
-    of layer 1 (sum |w*x| over them / over all inputs) averaged over the byte's 8 bits (zero-sized when
-    not wanted). Row 0 is step ``first``."""
+    coded each bit (0 for inactive streams); ``bits`` (steps, B) float64, what the byte cost, -log2 of
+    the probabilities of its coded bits; and ``share`` (steps, B) float64, the neural inputs' share of
+    layer 1 (sum |w*x| over them / over all inputs) averaged over the byte's 8 bits (zero-sized when not
+    wanted). Row 0 is step ``first``."""
 
     p1: np.ndarray
+    bits: np.ndarray
     share: np.ndarray
     first: int = 0
 
     @classmethod
     def new(cls, steps: int, num_streams: int, neural_share: bool, first: int = 0) -> "StepTrace":
-        return cls(np.zeros((steps, num_streams, 8), dtype=np.uint16),
+        return cls(np.zeros((steps, num_streams, 8), dtype=np.uint16), np.zeros((steps, num_streams), dtype=np.float64),
                    np.zeros((steps if neural_share else 0, num_streams), dtype=np.float64), first)
 
     @classmethod
     def off(cls, num_streams: int) -> "StepTrace":
-        return cls(np.zeros((0, num_streams, 8), dtype=np.uint16), np.zeros((0, num_streams), dtype=np.float64))
+        none = np.zeros((0, num_streams), dtype=np.float64)
+        return cls(np.zeros((0, num_streams, 8), dtype=np.uint16), none, none)
 
 
 @njit(cache=True, _nrt=False)
-def _code_steps(first, last, lengths, decoding, stored, symbols, M, T, coder, last_column, bits, trace_p1, trace_share,
-                trace_row, masks, bit, share):
+def _code_steps(first, last, lengths, decoding, stored, symbols, M, T, coder, last_column, bits, trace_p1, trace_bits,
+                trace_share, trace_row, masks, bit, share):
     """Steps first..last-1: for each bit k, p1 of every stream (``predict_bit``), the range coder on all of
     them (``encode_binary_kernel`` / ``decode_binary_kernel``), then ``update_bit``; after bit 7
     ``end_byte``. The calls and their order are those of one byte step per call, so the output does not
@@ -295,9 +298,11 @@ def _code_steps(first, last, lengths, decoding, stored, symbols, M, T, coder, la
             for b in range(B):
                 if active[b]:
                     p = p1[b]
-                    bits[b] += PBITS - np.log2(p if bit[b] else PONE - p)
+                    cost = PBITS - np.log2(p if bit[b] else PONE - p)
+                    bits[b] += cost
                     if tracing:
                         trace_p1[row, b, k] = p
+                        trace_bits[row, b] += cost
                     if share.shape[0] > 0 and share[b, 1] > 0:
                         trace_share[row, b] += share[b, 0] / share[b, 1] / 8
             update_bit(k, bit, active, M, T)
