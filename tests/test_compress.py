@@ -107,6 +107,14 @@ def test_default_segmentation_adapts_to_size():
     assert default_segment_bytes(1000) == 4096
     assert default_segment_bytes(100_000) == 4096
     assert default_segment_bytes(10_000_000) == -(-10_000_000 // 256)
+    assert default_segment_bytes(10_000_000, with_model=False) == 10_000_000  # context mixing alone: one stream
+
+
+def test_context_mixing_alone_codes_one_stream_by_default_and_explicit_segments_stay():
+    data = CAT_TEXT * 3
+    blob, stats = compress_with_stats(data)
+    assert stats.segments == 1 and decompress(blob) == data
+    assert compress_with_stats(data, segments=4)[1].segments == 4
 
 
 def test_identical_inputs_give_identical_files(trained_model):

@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import blm_lab.codec.mixing as M
+from blm_lab.codec.mixing import engine
+from blm_lab.codec.mixing import tables as T
 from blm_lab.codec import container
 from blm_lab.codec.coder import BatchDecoder, BatchEncoder
 from blm_lab.codec.neural import compress, compress_with_stats, decompress
@@ -29,33 +31,37 @@ TEXT = (b"Alice was beginning to get very tired of sitting by her sister on the 
         b"in it, 'and what is the use of a book,' thought Alice 'without pictures or conversations?'\n") * 12
 
 
-def lockstep(data: bytes, segment_bytes: int, config=SMALL, neural_freqs=None, record=None, masks=None):
+def lockstep(data: bytes, segment_bytes: int, config=SMALL, neural_freqs=None, masks=None, steps_per_call=1):
     """Code ``data`` with a ContextMixer and decode it again, as codec.neural's loop does; returns the
-    encoder's and the decoder's p1 sequences (and checks the bytes came back)."""
+    encoder's and the decoder's p1 (steps, B, 8) from the trace hook, with their mixers (and checks the
+    bytes came back). ``masks`` (steps, B): which streams are active at each step."""
     n = len(data)
     B = -(-n // segment_bytes)
     known = np.zeros(B * segment_bytes, dtype=np.uint8)
     known[:n] = np.frombuffer(data, dtype=np.uint8)
-    known = known.reshape(B, segment_bytes).astype(np.int64)
+    known = known.reshape(B, segment_bytes)
     lengths = np.minimum(segment_bytes, n - np.arange(B) * segment_bytes)
     steps = int(lengths.max())
     records = []
     for decoding in (False, True):
-        record = []
         mixer = M.ContextMixer(B, config, neural=neural_freqs is not None)
         coder = BatchDecoder(streams, 16) if decoding else BatchEncoder(B, 16)
-        bits = M.BitCoder(coder, B, decoding, record=record)
-        out = np.zeros((B, steps), dtype=np.int64)
-        for t in range(steps):
-            active = (lengths > t) if masks is None else masks[t]
-            bits.start(active, known[:, t])
-            out[:, t] = mixer.code_step(neural_freqs[t] if neural_freqs is not None else None, bits, active)
+        trace = M.StepTrace.new(steps, B, neural_share=False)
+        symbols = np.zeros((B, steps), dtype=np.uint8) if decoding else known[:, :steps].copy()
+        if masks is None and neural_freqs is None:
+            for first in range(0, steps, steps_per_call):
+                mixer.code(coder, first, min(first + steps_per_call, steps), lengths, symbols, trace=trace)
+        else:
+            for t in range(steps):
+                step_lengths = lengths if masks is None else np.where(masks[t], steps, 0)
+                mixer.code(coder, t, t + 1, step_lengths, symbols,
+                           freqs=neural_freqs[t] if neural_freqs is not None else None, trace=trace)
         if not decoding:
             streams = coder.finish()
         else:
             valid = np.arange(steps)[None, :] < lengths[:, None] if masks is None else masks.T
-            assert np.array_equal(out[valid], known[:, :steps][valid])
-        records.append((np.array(record), mixer))
+            assert np.array_equal(symbols[valid], known[:, :steps][valid])
+        records.append((trace.p1, mixer))
     return records
 
 
@@ -74,19 +80,19 @@ def fake_neural(rng, steps, B):
 def test_tables_are_pinned_integers():
     """The tables are the same integers everywhere (decimal arithmetic and integer rules, never libm)."""
     assert M.table_digest() == PINNED_TABLES
-    for table in (M.SQUASH, M.STRETCH, M.LOG2, M.NEX, M.STATE_INIT, M.DT):
+    for table in (T.SQUASH, T.STRETCH, T.LOG2, T.NEX, T.STATE_INIT, T.DT):
         assert np.issubdtype(table.dtype, np.integer)
-    assert M.SQUASH.min() >= 1 and M.SQUASH.max() <= M.PONE - 1
-    assert np.all(np.diff(M.SQUASH) >= 0) and np.all(np.diff(M.STRETCH[1:]) >= 0)
+    assert T.SQUASH.min() >= 1 and T.SQUASH.max() <= T.PONE - 1
+    assert np.all(np.diff(T.SQUASH) >= 0) and np.all(np.diff(T.STRETCH[1:]) >= 0)
 
 
 def test_state_machine_counts_and_discounts():
     s = 0
     for _ in range(100):
-        s = M.NEX[s, 1]
-    assert M.STATE_N1[s] == 40 and M.STATE_N0[s] == 0
-    s = M.NEX[s, 0]
-    assert M.STATE_N0[s] == 1 and M.STATE_N1[s] < 40  # the opposite count is discounted
+        s = T.NEX[s, 1]
+    assert T.STATE_N1[s] == 40 and T.STATE_N0[s] == 0
+    s = T.NEX[s, 0]
+    assert T.STATE_N0[s] == 1 and T.STATE_N1[s] < 40  # the opposite count is discounted
 
 
 # ----------------------------------------------------------------------------- symmetry
@@ -97,8 +103,35 @@ def test_encoder_and_decoder_predict_the_same_p1_at_every_bit(segment_bytes):
     stream finishes early and is masked out of the remaining steps)."""
     data = TEXT + bytes(range(256)) * 2
     (enc, _), (dec, _) = lockstep(data, segment_bytes)
-    assert enc.shape == dec.shape and enc.shape[0] % 8 == 0 and np.array_equal(enc, dec)
-    assert enc.min() >= 0 and enc.max() <= M.PONE - 1
+    assert enc.shape[2] == 8 and np.array_equal(enc, dec)
+    assert enc.max() <= T.PONE - 1 and (enc > 0).sum() == 8 * len(data)  # every coded bit recorded, only those
+
+
+def test_the_trace_hook_reports_what_each_byte_cost():
+    """StepTrace.bits is -log2 of the probabilities the recorded p1 gave each coded bit."""
+    data = TEXT[:3000]
+    B, steps = 3, 1000
+    mixer = M.ContextMixer(B, SMALL)
+    trace = M.StepTrace.new(steps, B, neural_share=False)
+    symbols = np.frombuffer(data, dtype=np.uint8).reshape(B, steps).copy()
+    mixer.code(BatchEncoder(B, 16), 0, steps, np.full(B, steps), symbols, trace=trace)
+    bit = (symbols.T[..., None] >> np.arange(7, -1, -1)) & 1  # (steps, B, 8)
+    p1 = trace.p1.astype(np.float64)
+    expected = (16 - np.log2(np.where(bit == 1, p1, 65536 - p1))).sum(-1)
+    assert np.allclose(trace.bits, expected, rtol=0, atol=1e-9)
+
+
+def test_steps_per_call_do_not_change_anything():
+    """One compiled call per byte step or many: the same p1 at every bit, the same tables."""
+    data = TEXT + bytes(range(256))
+    (one, m1), _ = lockstep(data, 500, steps_per_call=1)
+    (many, m2), _ = lockstep(data, 500, steps_per_call=97)
+    assert np.array_equal(one, many)
+    a1, a2 = m1.arrays(), m2.arrays()
+    for name in a1:
+        if name != "streams.buf":  # the history buffer grows by different steps: compare what was written
+            assert np.array_equal(a1[name], a2[name]), name
+    assert np.array_equal(a1["streams.buf"][:len(data)], a2["streams.buf"][:len(data)])
 
 
 def test_arbitrary_active_masks_keep_every_table_identical():
@@ -110,8 +143,10 @@ def test_arbitrary_active_masks_keep_every_table_identical():
     for neural in (None, fake_neural(rng, steps, B)):
         (enc, m1), (dec, m2) = lockstep(data, steps, neural_freqs=neural, masks=masks)
         assert np.array_equal(enc, dec)
-        for name in ("STATES", "APROB", "W1", "W2", "APM", "MMHT", "BUF", "S"):
-            assert np.array_equal(getattr(m1, name), getattr(m2, name)), name
+        a1, a2 = m1.arrays(), m2.arrays()
+        assert a1.keys() == a2.keys() and len(a1) > 30
+        for name in a1:
+            assert np.array_equal(a1[name], a2[name]), name
 
 
 def test_neural_input_dominates_at_the_start():
@@ -120,15 +155,13 @@ def test_neural_input_dominates_at_the_start():
     mixer = M.ContextMixer(B, SMALL, neural=True)
     freqs = np.full((B, 256), 1, dtype=np.int64)
     freqs[:, 0x41] = (1 << 24) - 255  # the model is sure the byte is 'A' (0b01000001)
-    seen = []
-
-    def bits(p1):
-        seen.append(p1.copy())
-        return np.full(B, (0x41 >> (8 - len(seen))) & 1, dtype=np.int64)
-
-    mixer.code_step(freqs, bits)
-    for k, p1 in enumerate(seen):
+    trace = M.StepTrace.new(1, B, neural_share=True)
+    mixer.code(BatchEncoder(B, 16), 0, 1, np.ones(B, dtype=np.int64), np.full((B, 1), 0x41, dtype=np.uint8),
+               freqs=freqs, trace=trace)
+    for k in range(8):
+        p1 = trace.p1[0, :, k]
         assert (p1 > 60000).all() if (0x41 >> (7 - k)) & 1 else (p1 < 5536).all()
+    assert (trace.share[0] > 0.5).all() and (trace.share[0] <= 1).all()  # the neural inputs carry layer 1
 
 
 # ----------------------------------------------------------------------------- through the codec
@@ -251,15 +284,47 @@ def test_the_float_check_catches_floats():
     assert _float_variables(mixes_uint64, ["float64(int64[::1])"])[0]
 
 
+def _reachable_kernels(fn, sig, seen):
+    """fn typed for sig, then every numba kernel it calls, with the signatures it calls them with."""
+    from numba import njit
+    from numba.core import ir, types
+
+    if (fn.py_func, sig) in seen:
+        return
+    seen[(fn.py_func, sig)] = fn
+    fresh = njit(cache=False)(fn.py_func)
+    fresh.compile(sig)
+    annotation = fresh.overloads[fresh.signatures[0]].type_annotation
+    for expr, call in annotation.calltypes.items():
+        if isinstance(expr, ir.Expr) and expr.op == "call":
+            callee = annotation.typemap.get(expr.func.name)
+            if isinstance(callee, types.Dispatcher):
+                _reachable_kernels(callee.dispatcher, tuple(call.args), seen)
+
+
 @pytest.mark.slow
 def test_kernels_are_integer_only():
-    """No numba kernel that shapes p1 has a float-typed variable anywhere (inferred types of every variable)."""
-    lockstep(TEXT[:1500], 750, neural_freqs=fake_neural(np.random.default_rng(5), 750, 2))
-    lockstep(TEXT[:1500], 750)
+    """No numba kernel that shapes p1 has a float-typed variable anywhere: the three per-bit and per-byte
+    steps of the engine, the components inlined into them, and every kernel they call (inferred types of
+    every variable; the coding loop around them uses floats only for its statistics)."""
+    from numba import typeof
+
+    mixer = M.ContextMixer(2, SMALL, neural=True)
+    state, active = mixer.state, np.ones(2, dtype=np.bool_)
+    roots = {engine.predict_bit: (0, active, state, T.TABLES, np.zeros((2, 2), dtype=np.int64)),
+             engine.update_bit: (3, np.zeros(2, dtype=np.int64), active, state, T.TABLES),
+             engine.end_byte: (0, active, state),
+             M.neural_input.cum_freqs: (np.ones((2, 256), dtype=np.int64), state.neural.cum)}
+    seen = {}
+    for fn, args in roots.items():
+        _reachable_kernels(fn, tuple(typeof(a) for a in args), seen)
+    names = {fn.py_func.__module__.rsplit(".", 1)[-1] + "." + fn.__name__ for fn in seen.values()}
+    # the per-bit components (inline="always") are typed inside the engine's steps; the rest are called
+    assert {"engine.predict_bit", "engine.update_bit", "engine.end_byte", "contexts.find_bucket",
+            "contexts.byte_contexts", "match.advance", "match.find", "record.vote", "record.end_byte"} <= names, names
     checked = 0
-    for fn in (M._predict, M._update, M._layout, M._end_byte, M._contexts, M._bucket, M._cum_freqs):
-        assert fn.signatures, fn
-        bad, count = _float_variables(fn.py_func, fn.signatures)
-        assert not bad, (fn.__name__, bad)
+    for (py_func, sig) in seen:
+        bad, count = _float_variables(py_func, [sig])
+        assert not bad, (py_func.__name__, bad)
         checked += count
-    assert checked > 100
+    assert checked > 500

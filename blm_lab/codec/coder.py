@@ -341,7 +341,7 @@ def _binary_interval(bit, p1, one):
 
 
 @njit(cache=True)
-def _encode_binary(low, range_, words, num_words, p1, bits, active, precision):
+def encode_binary_kernel(low, range_, words, num_words, p1, bits, active, precision):
     """``BatchEncoder.encode`` of bit ``bits[i]`` with freqs [one - p1, p1] for every active stream i:
     returns (0, -1), or (problem, stream) with nothing changed for a bad p1 or bit."""
     bad = _bad_binary(p1, bits, active, precision, True)
@@ -376,7 +376,7 @@ def _encode_binary(low, range_, words, num_words, p1, bits, active, precision):
 
 
 @njit(cache=True)
-def _decode_binary(value, range_, position, words, last_column, p1, active, precision, out):
+def decode_binary_kernel(value, range_, position, words, last_column, p1, active, precision, out):
     """``BatchDecoder.decode`` with freqs [one - p1, p1] for every active stream: the bits into ``out``
     (0 for inactive streams); returns (0, -1), or (problem, stream) with nothing changed."""
     bad = _bad_binary(p1, p1, active, precision, False)
@@ -417,7 +417,7 @@ def _binary_args(p1, active, num_streams: int, all_active: np.ndarray, precision
     return p1, active
 
 
-def _binary_problem(problem: int, stream: int, p1: np.ndarray, precision: int):
+def raise_binary_problem(problem: int, stream: int, p1: np.ndarray, precision: int):
     if problem == _BAD_P1:
         raise ValueError(f"stream {stream}: p1 = {int(p1[stream])} must lie in [1, 2**{precision} - 1] (and each "
                          "bit in {0, 1}); both symbols need a frequency >= 1")
@@ -506,10 +506,23 @@ class BatchEncoder:
             raise ValueError(f"bits must have shape ({self.num_streams},), got {bits.shape}")
         if self._num_words.max() >= self._words.shape[1]:
             self._grow()
-        problem, stream = _encode_binary(self._low, self._range, self._words, self._num_words, p1, bits, active,
+        problem, stream = encode_binary_kernel(self._low, self._range, self._words, self._num_words, p1, bits, active,
                                          self.precision)
         if problem:
-            _binary_problem(problem, stream, p1, self.precision)
+            raise_binary_problem(problem, stream, p1, self.precision)
+
+    def reserve(self, num_words: int) -> None:
+        """Room for ``num_words`` more words in every stream (a compiled loop that calls ``encode_binary_kernel``
+        itself codes at most one word per binary symbol, and cannot grow the buffer)."""
+        while self._num_words.max() + num_words >= self._words.shape[1]:
+            self._grow()
+
+    def binary_state(self):
+        """The arrays ``encode_binary_kernel`` advances: (low, range, words, num_words), for a compiled loop
+        that codes bits itself; call ``reserve`` first."""
+        if self._finished:
+            raise ValueError("this encoder is finished; start a new BatchEncoder for more symbols")
+        return self._low, self._range, self._words, self._num_words
 
     def code_length_bits(self) -> np.ndarray:
         """(B,) float64: the exact code length so far, ``32 * words + 64 - log2(range)`` per stream.
@@ -627,14 +640,19 @@ class BatchDecoder:
         return symbols
 
 
+    def binary_state(self):
+        """The arrays ``decode_binary_kernel`` advances: (value, range, position, words, last_column), for a
+        compiled loop that decodes bits itself."""
+        return self._value, self._range, self._position, self._words, self._last_column
+
     def decode_binary(self, p1: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         """``decode`` with the rows [2**precision - p1, p1]: the bits (B,) int64, 0 for inactive streams."""
         p1, active = _binary_args(p1, active, self.num_streams, self._all_active, self.precision)
         bits = np.zeros(self.num_streams, dtype=np.int64)
-        problem, stream = _decode_binary(self._value, self._range, self._position, self._words, self._last_column,
+        problem, stream = decode_binary_kernel(self._value, self._range, self._position, self._words, self._last_column,
                                          p1, active, self.precision, bits)
         if problem:
-            _binary_problem(problem, stream, p1, self.precision)
+            raise_binary_problem(problem, stream, p1, self.precision)
         return bits
 
 

@@ -36,17 +36,21 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..errors import CompressionError, ConfigError, ContainerError, StreamError
 from . import container
-from .coder import PRECISION, BatchDecoder, BatchEncoder, ideal_bits, quantize
-from .portable.model import PortableModel
+from .coder import PRECISION, BatchDecoder, BatchEncoder, quantize
+from .mixing.config import MixerConfig
+from .mixing.engine import ContextMixer, StepTrace
+from .trace import ByteTrace
+
+# torch is imported only where a model is used: context mixing alone starts without it
 
 BYTES_PER_PARAM = 2  # a model shipped with the data costs 2 bytes a parameter (bf16), as in Delétang et al.
 MAX_STREAMS = 256  # default segmentation: at most this many lock-step streams ...
 MIN_SEGMENT_BYTES = 4096  # ... each at least this long (shorter segments lose too much context)
+LOOP_CHUNK_BYTES = 1 << 18  # without a model, one compiled call codes this many bytes (then the progress bar moves)
 NUMERICS = container.NUMERICS
 
 
@@ -65,6 +69,7 @@ class CompressionStats:
     mixing: str  # "cm" (bits coded with context mixing) or "none" (byte distributions coded directly)
     model_seconds: float  # producing the integer frequencies (the model and its quantisation)
     coder_seconds: float  # arithmetic coding
+    trace: ByteTrace | None = None  # per-byte trace, with ``trace=True`` (not part of ``to_dict``)
 
     @property
     def bits_per_byte(self) -> float:
@@ -85,13 +90,14 @@ class CompressionStats:
 
     def to_dict(self) -> dict:
         """The measured fields and the figures derived from them, JSON-ready."""
-        return {**asdict(self), "bits_per_byte": self.bits_per_byte, "overhead_percent": self.overhead_percent,
+        fields = {k: v for k, v in asdict(self).items() if k != "trace"}
+        return {**fields, "bits_per_byte": self.bits_per_byte, "overhead_percent": self.overhead_percent,
                 "bytes_per_second": self.bytes_per_second, "coder_share_percent": self.coder_share_percent}
 
 
 # ----------------------------------------------------------------------------- the two numerics
 
-def model_fingerprint(model: torch.nn.Module) -> bytes:
+def model_fingerprint(model) -> bytes:
     """16 bytes identifying a float model: sha256 of its config and every weight, in state-dict order."""
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
@@ -101,6 +107,8 @@ def model_fingerprint(model: torch.nn.Module) -> bytes:
 
 
 def _library_versions() -> dict[str, str]:
+    import torch
+
     config = torch.__config__.show()
     blas = re.search(r"Math Kernel Library Version ([^\s]+)", config) or re.search(r"BLAS_INFO=(\w+)", config)
     onednn = re.search(r"MKL-DNN v([\d.]+)", config) or re.search(r"oneDNN v([\d.]+)", config)
@@ -116,8 +124,10 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
-def compute_setting(model: torch.nn.Module) -> dict[str, str]:
+def compute_setting(model) -> dict[str, str]:
     """Everything that changes the float path's arithmetic, as strings (the container stores them)."""
+    import torch
+
     p = next(model.parameters())
     setting = {"torch": torch.__version__, "device": p.device.type, "dtype": str(p.dtype).removeprefix("torch.")}
     if p.device.type == "cuda":
@@ -141,6 +151,8 @@ class PortablePredictor:
     numerics = "portable"
 
     def __init__(self, model):
+        from .portable.model import PortableModel
+
         self.model = model
         self.device = next(model.parameters()).device
         self.portable = PortableModel.from_float(model)
@@ -155,6 +167,8 @@ class PortablePredictor:
         return self.portable.new_cache(batch_size, self.device)
 
     def freqs(self, previous: np.ndarray, cache) -> np.ndarray:
+        import torch
+
         return self.portable.step(torch.from_numpy(previous), cache)
 
     @contextlib.contextmanager
@@ -183,12 +197,16 @@ class FloatPredictor:
         return self.model.new_cache(batch_size, device=self.device, dtype=self.dtype)
 
     def freqs(self, previous: np.ndarray, cache) -> np.ndarray:
+        import torch
+
         logits = self.model.step(torch.from_numpy(previous).to(self.device), cache)  # (B, 256)
         return quantize(torch.softmax(logits.float(), dim=-1).cpu().numpy())
 
     @contextlib.contextmanager
     def running(self, setting: dict | None = None):
         """Eval mode and no autograd for the loop; with a decoded file's ``setting``, its thread count."""
+        import torch
+
         threads = torch.get_num_threads()
         if setting and setting.get("threads"):
             torch.set_num_threads(int(setting["threads"]))
@@ -221,12 +239,20 @@ def _eval_mode(model):
 
 # ----------------------------------------------------------------------------- segmentation
 
-def default_segment_bytes(n: int, max_streams: int = MAX_STREAMS, min_segment: int = MIN_SEGMENT_BYTES) -> int:
-    """Segments of at least ``min_segment`` bytes, and no more than ``max_streams`` of them."""
+def default_segment_bytes(n: int, max_streams: int = MAX_STREAMS, min_segment: int = MIN_SEGMENT_BYTES,
+                          with_model: bool = True) -> int:
+    """With a model: segments of at least ``min_segment`` bytes, and no more than ``max_streams`` of them
+    (the model's step is batched over the streams, so more streams run faster). Context mixing alone: one
+    segment. Its loop is compiled and single-threaded, so the stream count hardly moves its speed, while
+    every extra stream splits the file's statistics (benchmarks/bench_mixing.py --segments: one stream
+    was 1.6% smaller than the old default's 28 on the tiny-shakespeare validation split and 6.3% smaller
+    than its 256 on alice29+asyoulik+lcet10+plrabn12, at about the same coding time)."""
+    if not with_model:
+        return max(n, 1)
     return max(min_segment, math.ceil(n / max_streams), 1)
 
 
-def _segment_bytes(n: int, segments: int | None, segment_bytes: int | None) -> int:
+def _segment_bytes(n: int, segments: int | None, segment_bytes: int | None, with_model: bool) -> int:
     if segments is not None and segment_bytes is not None:
         raise ConfigError("give segments or segment_bytes, not both")
     if segments is not None:
@@ -237,7 +263,7 @@ def _segment_bytes(n: int, segments: int | None, segment_bytes: int | None) -> i
         if segment_bytes < 1:
             raise ConfigError(f"segment_bytes must be at least 1, got {segment_bytes}")
         return segment_bytes
-    return default_segment_bytes(n)
+    return default_segment_bytes(n, with_model=with_model)
 
 
 def _segment_lengths(n: int, segment_bytes: int) -> np.ndarray:
@@ -269,84 +295,101 @@ def _uniform_freqs(n_streams: int) -> np.ndarray:
 class _ByteCoding:
     """Mixing "none": each step codes the predictor's byte distributions directly (precision 24).
 
-    ``coder`` is a BatchEncoder (``known`` all bytes) or a BatchDecoder (``known`` the stored segments'
-    bytes, which it returns without decoding)."""
+    ``coder`` is a BatchEncoder (``symbols`` (B, steps) uint8 hold all bytes) or a BatchDecoder (``symbols``
+    holds the stored segments' bytes, which it returns without decoding, and receives the decoded ones).
+    ``bits`` (B,) is each stream's ideal code length; with ``trace``, ``byte_bits`` (B, steps) is per byte."""
 
     precision = PRECISION
+    steps_per_call = 1
 
-    def __init__(self, coder, decoding: bool, known: np.ndarray, stored: np.ndarray):
-        self.coder, self.decoding, self.known, self.stored = coder, decoding, known, stored
-        self.bits = np.zeros(known.shape[0], dtype=np.float64)
+    def __init__(self, coder, decoding: bool, symbols: np.ndarray, stored: np.ndarray, lengths: np.ndarray,
+                 trace: bool):
+        self.coder, self.decoding, self.symbols, self.stored, self.lengths = coder, decoding, symbols, stored, lengths
+        self.bits = np.zeros(symbols.shape[0], dtype=np.float64)
+        self.byte_bits = np.zeros(symbols.shape if trace else (0, 0), dtype=np.float64)
 
-    def __call__(self, pos: int, freqs: np.ndarray, active: np.ndarray) -> np.ndarray:
+    def __call__(self, first: int, last: int, freqs: np.ndarray) -> None:
+        active = self.lengths > first
         if self.decoding:
-            symbols = self.coder.decode(freqs, active & ~self.stored)
-            symbols[self.stored] = self.known[self.stored, pos]
+            decoded = self.coder.decode(freqs, active & ~self.stored)
+            self.symbols[:, first] = np.where(self.stored, self.symbols[:, first], decoded)
         else:
-            symbols = self.known[:, pos].astype(np.int64)
-            self.coder.encode(freqs, symbols, active)
-        chosen = np.take_along_axis(freqs, symbols[:, None], axis=1)[:, 0]
-        self.bits += np.where(active, PRECISION - np.log2(chosen), 0.0)
-        return symbols
+            self.coder.encode(freqs, self.symbols[:, first].astype(np.int64), active)
+        chosen = np.take_along_axis(freqs, self.symbols[:, first, None].astype(np.int64), axis=1)[:, 0]
+        cost = np.where(active, PRECISION - np.log2(chosen), 0.0)
+        self.bits += cost
+        if self.byte_bits.size:
+            self.byte_bits[:, first] = cost
+
+    def trace_bits(self) -> np.ndarray:
+        return self.byte_bits
 
 
 class _MixedCoding:
-    """Mixing "cm": each step codes 8 bits per stream with ``codec.mixing.ContextMixer``, the predictor's
-    integer frequencies (if any) one of its inputs (precision 16)."""
+    """Mixing "cm": ``ContextMixer.code`` codes the 8 bits of every stream, the predictor's integer
+    frequencies (if any) one of its inputs (precision 16): one step per call with a model, and without one
+    many steps per compiled call."""
 
     precision = 16
 
-    def __init__(self, coder, decoding: bool, known: np.ndarray, stored: np.ndarray, neural: bool):
-        from .mixing import BitCoder, ContextMixer
-
-        B = known.shape[0]
+    def __init__(self, coder, decoding: bool, symbols: np.ndarray, stored: np.ndarray, lengths: np.ndarray,
+                 trace: bool, neural: bool):
+        B, steps = symbols.shape
         self.mixer = ContextMixer(B, neural=neural)
-        self.bit_coder = BitCoder(coder, B, decoding, stored)
-        self.known, self.neural = known, neural
+        self.coder, self.symbols, self.stored, self.lengths, self.neural = coder, symbols, stored, lengths, neural
+        self.bits = np.zeros(B, dtype=np.float64)
+        self.trace = StepTrace.new(steps, B, neural_share=neural) if trace else None
+        self.steps_per_call = 1 if neural else max(1, LOOP_CHUNK_BYTES // B)
 
-    @property
-    def bits(self) -> np.ndarray:
-        return self.bit_coder.bits
+    def __call__(self, first: int, last: int, freqs: np.ndarray | None) -> None:
+        self.mixer.code(self.coder, first, last, self.lengths, self.symbols, self.stored,
+                        freqs if self.neural else None, self.bits, self.trace)
 
-    def __call__(self, pos: int, freqs: np.ndarray, active: np.ndarray) -> np.ndarray:
-        self.bit_coder.start(active, self.known[:, pos])
-        return self.mixer.code_step(freqs if self.neural else None, self.bit_coder, active)
+    def trace_bits(self) -> np.ndarray:
+        """(B, steps) float64: each byte's code length from the p1 its bits were coded with."""
+        return self.trace.bits.T
 
 
-def _lockstep(predictor, lengths: np.ndarray, coding, label: str, progress: bool):
+def _lockstep(predictor, lengths: np.ndarray, coding, label: str, progress: bool, model_bits: np.ndarray | None):
     """The loop both sides run, so their predictions are the same computation by construction.
 
-    ``coding(pos, freqs, active) -> symbols`` codes one byte per active stream (``_ByteCoding`` or
-    ``_MixedCoding``; the encoder's returns the known bytes, the decoder's the decoded ones). Step 0's
-    frequencies are uniform; every later step feeds each stream's previous byte to the predictor (none
-    for context mixing alone) with the batch fixed at B = len(lengths): finished streams keep feeding
-    0 and are masked out of the coder. Returns the symbols (B, max length) uint8 and the times.
+    ``coding(first, last, freqs)`` codes steps first..last-1 of every active stream into (or from)
+    ``coding.symbols`` (``_ByteCoding`` or ``_MixedCoding``). With a predictor, one step a call: step 0's
+    frequencies are uniform, every later step feeds each stream's previous byte to the predictor with the
+    batch fixed at B = len(lengths) (finished streams keep feeding 0 and are masked out of the coder).
+    Without one (context mixing alone), ``coding.steps_per_call`` steps run in one compiled call.
+    ``model_bits`` (B, steps), when given, receives the model's surprisal of each byte. Returns the times.
     """
     B = len(lengths)
     steps = int(lengths.max())
     cache = predictor.new_cache(B) if predictor is not None else None
     times = _LoopTimes()
-    symbols = np.zeros((B, steps), dtype=np.uint8)
     bar = tqdm(total=int(lengths.sum()), desc=label, unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
     freqs = _uniform_freqs(B) if predictor is not None else None
-    for pos in range(steps):
-        if pos and predictor is not None:
+    first = 0
+    while first < steps:
+        last = min(first + coding.steps_per_call, steps)
+        if first and predictor is not None:
             t = time.perf_counter()
-            freqs = predictor.freqs(symbols[:, pos - 1].astype(np.int64), cache)  # (B, 256) int64
+            freqs = predictor.freqs(coding.symbols[:, first - 1].astype(np.int64), cache)  # (B, 256) int64
             times.model_seconds += time.perf_counter() - t
-        active = lengths > pos
         t = time.perf_counter()
-        symbols[:, pos] = coding(pos, freqs, active)
+        coding(first, last, freqs)
         times.coder_seconds += time.perf_counter() - t
-        bar.update(int(active.sum()))
+        if model_bits is not None and first:
+            chosen = np.take_along_axis(freqs, coding.symbols[:, first, None].astype(np.int64), axis=1)[:, 0]
+            model_bits[:, first] = np.log2(freqs.sum(axis=1)) - np.log2(chosen)
+        bar.update(int(np.minimum(lengths, last).sum() - np.minimum(lengths, first).sum()))
+        first = last
     bar.close()
-    return symbols, times
+    return times
 
 
-def _coding(mixing: str, coder, decoding: bool, known: np.ndarray, stored: np.ndarray, predictor):
+def _coding(mixing: str, coder, decoding: bool, symbols: np.ndarray, stored: np.ndarray, lengths: np.ndarray,
+            predictor, trace: bool):
     if mixing == "cm":
-        return _MixedCoding(coder, decoding, known, stored, neural=predictor is not None)
-    return _ByteCoding(coder, decoding, known, stored)
+        return _MixedCoding(coder, decoding, symbols, stored, lengths, trace, neural=predictor is not None)
+    return _ByteCoding(coder, decoding, symbols, stored, lengths, trace)
 
 
 def _precision(mixing: str) -> int:
@@ -356,9 +399,43 @@ def _precision(mixing: str) -> int:
 def _mixer_fingerprint(mixing: str) -> bytes:
     if mixing == "none":
         return b""
-    from .mixing import MixerConfig
-
     return MixerConfig().fingerprint()[:container.MIXER_FINGERPRINT_BYTES]
+
+
+def _trace_method(numerics: str, mixing: str) -> str:
+    return "cm" if numerics == "none" else ("model" if mixing == "none" else "blm")
+
+
+def _byte_trace(data: np.ndarray, lengths: np.ndarray, segment_bytes: int, coding, stored: np.ndarray,
+                model_bits: np.ndarray | None, method: str) -> ByteTrace:
+    """The (B, steps) per-byte arrays of a lock-step run laid out in file order (every segment but the last
+    is full, so the rows end to end are the bytes)."""
+    n, B = len(data), len(lengths)
+
+    def file_order(matrix):
+        return matrix.reshape(-1)[:n]
+
+    coded = np.where(stored[:, None], 8.0, coding.trace_bits())
+    share = coding.trace.share if isinstance(coding, _MixedCoding) and coding.trace.share.size else None
+    steps = coded.shape[1]
+    return ByteTrace(
+        data=data, coded_bits=file_order(coded),
+        model_bits=file_order(model_bits) if model_bits is not None else None,
+        neural_share=file_order(share.T).astype(np.float32) if share is not None else None,
+        segment=file_order(np.repeat(np.arange(B, dtype=np.int32)[:, None], steps, axis=1)),
+        position=file_order(np.tile(np.arange(steps, dtype=np.int32), (B, 1))), method=method, streams=B)
+
+
+def _stored_trace(data: np.ndarray, method: str) -> ByteTrace:
+    n = len(data)
+    return ByteTrace(data=data, coded_bits=np.full(n, 8.0), model_bits=None, neural_share=None,
+                     segment=np.zeros(n, dtype=np.int32), position=np.arange(n, dtype=np.int32), method=method,
+                     streams=1)
+
+
+def _model_bits(predictor, trace: bool, shape) -> np.ndarray | None:
+    """(B, steps) of NaN (filled by ``_lockstep``; step 0 has no prediction), when tracing with a model."""
+    return np.full(shape, np.nan) if trace and predictor is not None else None
 
 
 def _stats(n: int, blob: bytes, ideal: float, times: _LoopTimes, t_start: float, segments: int, segment_bytes: int,
@@ -373,11 +450,12 @@ def _stats(n: int, blob: bytes, ideal: float, times: _LoopTimes, t_start: float,
 
 def compress_with_stats(data: bytes, model=None, *, numerics: str = "portable", mixing: str = "cm",
                         segments: int | None = None, segment_bytes: int | None = None,
-                        progress: bool = False) -> tuple[bytes, CompressionStats]:
+                        progress: bool = False, trace: bool = False) -> tuple[bytes, CompressionStats]:
     """Compress ``data`` with ``model`` (None: context mixing alone); returns the container bytes and
     measured statistics. ``mixing="cm"`` (the default) codes every bit with the context mixer of
     ``codec.mixing``, the model one of its inputs; ``"none"`` codes the model's byte distributions as
-    they are."""
+    they are. ``trace=True`` also sets ``stats.trace``, a ``codec.trace.ByteTrace`` of where each byte's
+    bits went (the same file is written)."""
     data = bytes(data)
     if mixing not in container.MIXING:
         raise ConfigError(f"mixing {mixing!r} is not one of {', '.join(container.MIXING)}")
@@ -385,23 +463,28 @@ def compress_with_stats(data: bytes, model=None, *, numerics: str = "portable", 
         raise ConfigError("with no model there is nothing to code with: give a model, or mixing='cm'")
     t_start = time.perf_counter()
     n = len(data)
-    seg = _segment_bytes(n, segments, segment_bytes)
+    seg = _segment_bytes(n, segments, segment_bytes, with_model=model is not None)
     lengths = _segment_lengths(n, seg)
     B = len(lengths)
     predictor = make_predictor(model, numerics) if model is not None else None
     used_numerics = predictor.numerics if predictor is not None else "none"
-    times, streams, stored, ideal = _LoopTimes(), [], [], 8.0 * n
+    times, streams, stored, ideal, byte_trace = _LoopTimes(), [], [], 8.0 * n, None
+    method = _trace_method(used_numerics, mixing)
     if B:
         known = _segment_matrix(data, seg, B)
         encoder = BatchEncoder(B, _precision(mixing))
-        coding = _coding(mixing, encoder, False, known, np.zeros(B, dtype=bool), predictor)
+        coding = _coding(mixing, encoder, False, known, np.zeros(B, dtype=bool), lengths, predictor, trace)
+        model_bits = _model_bits(predictor, trace, known.shape)
         with _eval_mode(model), (predictor.running() if predictor else contextlib.nullcontext()):
-            _, times = _lockstep(predictor, lengths, coding, "compress", progress)
+            times = _lockstep(predictor, lengths, coding, "compress", progress, model_bits)
         coded = encoder.finish()
         # a segment that does not shrink is stored as its own bytes
         stored = [bool(len(stream) >= length) for stream, length in zip(coded, lengths)]
         streams = [known[b, :lengths[b]].tobytes() if stored[b] else coded[b] for b in range(B)]
         ideal = float(np.where(stored, 8.0 * lengths, coding.bits).sum())
+        if trace:
+            byte_trace = _byte_trace(np.frombuffer(data, dtype=np.uint8), lengths, seg, coding,
+                                     np.array(stored, dtype=bool), model_bits, method)
     header = container.Header(
         original_length=n, checksum=container.checksum(data), numerics=used_numerics, mixing=mixing,
         precision=_precision(mixing),
@@ -411,8 +494,12 @@ def compress_with_stats(data: bytes, model=None, *, numerics: str = "portable", 
     blob = container.pack(header, streams)
     if len(blob) > n + container.stored_overhead(n):  # coding did not pay: keep the file as it is
         blob = container.pack(container.Header(original_length=n, checksum=header.checksum, stored=True), [data])
-        return blob, _stats(n, blob, 8.0 * n, times, t_start, 0, seg, 0, "stored", "none")
-    return blob, _stats(n, blob, ideal, times, t_start, B, seg, sum(stored), used_numerics, mixing)
+        stats = _stats(n, blob, 8.0 * n, times, t_start, 0, seg, 0, "stored", "none")
+        byte_trace = _stored_trace(np.frombuffer(data, dtype=np.uint8), method) if trace else None
+    else:
+        stats = _stats(n, blob, ideal, times, t_start, B, seg, sum(stored), used_numerics, mixing)
+    stats.trace = byte_trace
+    return blob, stats
 
 
 def compress(data: bytes, model=None, *, numerics: str = "portable", mixing: str = "cm", segments: int | None = None,
@@ -456,7 +543,10 @@ def check_compatible(header: container.Header, predictor, allow_compute_mismatch
 
 
 def decompress_with_stats(blob: bytes, model=None, *, progress: bool = False, allow_compute_mismatch: bool = False,
-                          max_output_bytes: int = container.MAX_OUTPUT_BYTES) -> tuple[bytes, CompressionStats]:
+                          max_output_bytes: int = container.MAX_OUTPUT_BYTES,
+                          trace: bool = False) -> tuple[bytes, CompressionStats]:
+    """Inverse of ``compress_with_stats``, with the statistics of the decoding (and its trace with
+    ``trace=True``: the same probabilities as the compression's, so the same trace)."""
     t_start = time.perf_counter()
     header, parts = container.unpack(bytes(blob), max_output_bytes)
     n, seg = header.original_length, header.segment_bytes
@@ -464,7 +554,10 @@ def decompress_with_stats(blob: bytes, model=None, *, progress: bool = False, al
         out = parts[0]
         if container.checksum(out) != header.checksum:
             raise CompressionError("checksum mismatch in a stored file: the file is corrupted; nothing was written")
-        return out, _stats(n, blob, 8.0 * n, _LoopTimes(), t_start, 0, seg, 0, "stored", "none")
+        stats = _stats(n, blob, 8.0 * n, _LoopTimes(), t_start, 0, seg, 0, "stored", "none")
+        stats.trace = (_stored_trace(np.frombuffer(out, dtype=np.uint8), _trace_method("none" if model is None else "portable", "cm"))
+                       if trace else None)
+        return out, stats
     if header.precision != _precision(header.mixing):
         raise CompressionError(f"unsupported coder precision {header.precision} for mixing {header.mixing!r}")
     if header.numerics != "none" and model is None:
@@ -478,22 +571,27 @@ def decompress_with_stats(blob: bytes, model=None, *, progress: bool = False, al
     for b in np.flatnonzero(stored):
         known[b, :lengths[b]] = np.frombuffer(parts[b], dtype=np.uint8)
     decoder = BatchDecoder([b"" if s else p for p, s in zip(parts, stored)], header.precision)
-    coding = _coding(header.mixing, decoder, True, known, stored, predictor)
+    coding = _coding(header.mixing, decoder, True, known, stored, lengths, predictor, trace)
+    model_bits = _model_bits(predictor, trace, known.shape)
     # a float file decoded under an overridden setting mismatch may fail here without being damaged
     maybe = " or the float arithmetic here differs from where it was made" if header.numerics == "float" else ""
     try:
         with _eval_mode(model), (predictor.running(header.setting) if predictor else contextlib.nullcontext()):
-            symbols, times = _lockstep(predictor, lengths, coding, "decompress", progress)
+            times = _lockstep(predictor, lengths, coding, "decompress", progress, model_bits)
     except StreamError as exc:
         raise CompressionError(f"decoding failed: the compressed data is corrupted{maybe} ({exc}); nothing was written") from None
     # every segment but the last is full, so the rows of (B, segment length) laid end to end are the bytes
-    out = symbols.reshape(-1)[:n].tobytes()
+    out = known.reshape(-1)[:n].tobytes()
     if container.checksum(out) != header.checksum:
         raise CompressionError(f"checksum mismatch after decoding: the output is not the original; the file is "
                                f"corrupted{maybe}; nothing was written")
     ideal = float(np.where(stored, 8.0 * lengths, coding.bits).sum())
-    return out, _stats(n, blob, ideal, times, t_start, len(lengths), seg, int(stored.sum()), header.numerics,
-                       header.mixing)
+    stats = _stats(n, blob, ideal, times, t_start, len(lengths), seg, int(stored.sum()), header.numerics,
+                   header.mixing)
+    if trace:
+        stats.trace = _byte_trace(np.frombuffer(out, dtype=np.uint8), lengths, seg, coding, stored, model_bits,
+                                  _trace_method(header.numerics, header.mixing))
+    return out, stats
 
 
 def decompress(blob: bytes, model=None, *, progress: bool = False, allow_compute_mismatch: bool = False,
