@@ -609,10 +609,11 @@ class NeuralCompressor:
     """
 
     def __init__(self, model=None, name: str = "blm", numerics: str = "portable", mixing: str = "cm",
-                 segments: int | None = None, segment_bytes: int | None = None, progress: bool = False):
+                 segments: int | None = None, segment_bytes: int | None = None, progress: bool = False,
+                 trace: bool = False):
         self.model, self.name, self.numerics, self.mixing = model, name, numerics, mixing
         self.segments, self.segment_bytes = segments, segment_bytes
-        self.progress = progress
+        self.progress, self.trace = progress, trace  # trace: last_stats.trace holds the per-byte trace
         self.last_stats: CompressionStats | None = None
         self.num_params = model.num_params() if model is not None else 0
         self.shared_bytes = BYTES_PER_PARAM * self.num_params  # the model, shipped ahead of time
@@ -625,7 +626,7 @@ class NeuralCompressor:
     def compress(self, data: bytes) -> bytes:
         blob, self.last_stats = compress_with_stats(data, self.model, numerics=self.numerics, mixing=self.mixing,
                                                     segments=self.segments, segment_bytes=self.segment_bytes,
-                                                    progress=self.progress)
+                                                    progress=self.progress, trace=self.trace)
         return blob
 
     def decompress(self, blob: bytes) -> bytes:
