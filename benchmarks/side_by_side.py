@@ -12,8 +12,9 @@ both). Runs alternate old/new, so drift in the shared machine's load falls on bo
 - every decoded file is compared with the input, and the two sides' compressed files with each other
   (the issue's rule: for the same input, model and settings, today's file and the old one are identical).
 
-Each side first codes a 2 KB slice in every mode, so numba's cache (in each tree's ``__pycache__``) is
-warm and compilation stays out of the figures.
+Each side first codes the first 16 KB of the first file in every mode, untimed, so numba's cache (in each
+tree's ``__pycache__``) is warm and compilation stays out of the figures. Each row keeps every run's figure
+(``*_runs``, in run order) beside the median, so the spread on a busy machine shows.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WARM_UP_BYTES = 2048
+WARM_UP_BYTES = 16_384
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ def summarise(name: str, n: int, mode: Mode, old: Side, new: Side, runs: dict[st
     for key in ("compress_KBps", "decompress_KBps"):
         row[f"old_{key}"], row[f"new_{key}"] = round(median(old, key), 2), round(median(new, key), 2)
         row[f"{key.split('_')[0]}_speed_ratio_new_over_old"] = round(median(new, key) / median(old, key), 3)
+        row[f"old_{key}_runs"] = [round(r[key], 2) for r in runs[old.label]]  # in run order: the spread
+        row[f"new_{key}_runs"] = [round(r[key], 2) for r in runs[new.label]]
     for key in ("compress_wall_s", "decompress_wall_s"):
         row[f"old_{key}"], row[f"new_{key}"] = round(median(old, key), 2), round(median(new, key), 2)
     row["old_peak_MB"] = round(max(r["peak_MB"] for r in runs[old.label]), 1)
