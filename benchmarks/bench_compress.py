@@ -131,6 +131,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="--against: runs per side and mode, alternating (the median counts)")
     parser.add_argument("--modes", default="cm-1,cm,blm-28", help="--against: cm-1 (one stream), cm (default), "
                         "blm-28 (--model at 28 streams)")
+    parser.add_argument("--threads", type=int, default=0, help="--against/--scaling: OMP/MKL/NUMBA threads of both "
+                        "sides (0: the environment's); 1 keeps a busy machine's contention out of the ratio")
     parser.add_argument("--scaling", default="", metavar="SIZES", help="time per byte at these sizes, e.g. 100K,1M,10M")
     parser.add_argument("--scaling-segments", type=int, default=28, help="--scaling: the fixed stream count")
     args = parser.parse_args()
@@ -235,7 +237,7 @@ def speed(args) -> int:
     from side_by_side import Mode, checkout, compare_sides, time_per_byte, working_tree
     import tempfile
 
-    new = working_tree()
+    new = working_tree(args.threads)
     model = args.model if Path(args.model).is_file() else None
     if args.against:
         modes = {"cm-1": Mode("cm, one stream", ("--segments", "1")), "cm": Mode("cm, default streams", ()),
@@ -256,8 +258,9 @@ def speed(args) -> int:
             _, val_split = split_bytes(np.frombuffer(Path(args.data).read_bytes(), dtype=np.uint8))
             files = {"tinyshakespeare val": val_split.tobytes()[:cut]}
         with tempfile.TemporaryDirectory(prefix="blm_old_") as tmp:
-            old = checkout(args.against, Path(tmp))
-            print(f"\n== against: {old.label} and {new.label}, {args.repeats} runs each, alternating; model "
+            old = checkout(args.against, Path(tmp), args.threads)
+            print(f"\n== against: {old.label} and {new.label}, {args.repeats} runs each, alternating, threads "
+                  f"{args.threads or 'as the environment says'}; model "
                   f"{model}; files {', '.join(f'{k} ({len(v):,} bytes)' for k, v in files.items())} ==", flush=True)
             compare_sides(old, new, [modes[m] for m in chosen], files, args.repeats, emit)
     if args.scaling:

@@ -36,15 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 WARM_UP_BYTES = 16_384
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
 @dataclass(frozen=True)
 class Side:
-    """One version of blm_lab: the tree its ``blm_lab`` is imported from."""
+    """One version of blm_lab: the tree its ``blm_lab`` is imported from, and the thread count it runs with
+    (0: what the environment says)."""
 
     label: str
     root: Path
+    threads: int = 0
 
     def env(self) -> dict:
-        return {**os.environ, "PYTHONPATH": str(self.root)}
+        pinned = {name: str(self.threads) for name in THREAD_VARIABLES} if self.threads else {}
+        return {**os.environ, **pinned, "PYTHONPATH": str(self.root)}
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class Mode:
         return ["--model", self.model] if self.model else []
 
 
-def checkout(rev: str, into: Path) -> Side:
+def checkout(rev: str, into: Path, threads: int = 0) -> Side:
     """``git archive REV`` unpacked under ``into``: an earlier blm_lab, importable with PYTHONPATH."""
     git = ["git", "-C", str(ROOT)]
     sha = subprocess.run([*git, "rev-parse", "--short", f"{rev}^{{commit}}"], capture_output=True, text=True)
@@ -73,14 +79,14 @@ def checkout(rev: str, into: Path) -> Side:
     tree = into / f"blm_lab-{sha.stdout.strip()}"
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(tree, filter="data")
-    return Side(f"old ({rev} = {sha.stdout.strip()})", tree)
+    return Side(f"old ({rev} = {sha.stdout.strip()})", tree, threads)
 
 
-def working_tree() -> Side:
+def working_tree(threads: int = 0) -> Side:
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
-    return Side(f"new (working tree at {head.stdout.strip()}{', modified' if dirty else ''})", ROOT)
+    return Side(f"new (working tree at {head.stdout.strip()}{', modified' if dirty else ''})", ROOT, threads)
 
 
 def run_measured(argv: list[str], side: Side, cwd: Path) -> tuple[dict, float, float]:
