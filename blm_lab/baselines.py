@@ -111,11 +111,12 @@ class ExternalCompressor:
     "paq8px -d {input} {output}")``: the strongest compressors are programs, not libraries.
 
     Each call runs the program in a fresh temporary directory, where ``{input}`` and ``{output}`` stand for
-    plain file names there: the original is ``data``, the compressed file ``data.packed`` (``data`` + ``suffix``), the decoded
-    one ``restored``. So an archiver that stores a file's name stores the same short one every time, and the
-    size is the bytes the program wrote. A template without ``{input}`` reads the bytes on standard input,
-    one without ``{output}`` writes them to standard output (``gzip -9 -c {input}`` / ``gzip -d -c``). No
-    shell runs: a template is split like a shell command line (``shlex``), without pipes or redirections.
+    plain file names there: the original is ``data``, the compressed file ``data.packed`` (``data`` +
+    ``suffix``), the decoded one ``restored``. So an archiver that stores a file's name stores the same short
+    one every time, and the size is the bytes the program wrote. A template without ``{input}`` reads the
+    bytes on standard input, one without ``{output}`` writes them to standard output (``gzip -9 -c {input}``
+    / ``gzip -d -c``). No shell runs: a template is split like a shell command line (``shlex``), without
+    pipes or redirections.
 
     ``version`` is the first line the program prints for ``version_command`` (default ``PROGRAM --version``),
     recorded in the comparison's ``program`` column. ``missing`` says why the program cannot run here;
@@ -139,7 +140,8 @@ class ExternalCompressor:
                 raise ConfigError(f"external compressor {self.name or self.compress_command!r}: the {what} command "
                                   f"is empty; give a program and its arguments, e.g. 'gzip -9 -c {{input}}'")
         self.program = shlex.split(self.compress_command)[0]
-        self.name = self.name or " ".join(t for t in shlex.split(self.compress_command) if t not in ("{input}", "{output}"))
+        placeholders = ("{input}", "{output}")
+        self.name = self.name or " ".join(t for t in shlex.split(self.compress_command) if t not in placeholders)
 
     @property
     def missing(self) -> str | None:
@@ -226,8 +228,8 @@ def zpaq_compressor() -> ExternalCompressor:
     file under its name, so the archive is ``data.zpaq`` and extraction names the stored ``data``. The
     size is the whole archive, its index and the stored name included.
     """
-    return ExternalCompressor("zpaq a {output} {input} -m5", f"zpaq x {{input}} {ExternalCompressor.ORIGINAL} -to {{output}}",
-                              name="zpaq-m5", suffix=".zpaq", version_command="zpaq",
+    extract = f"zpaq x {{input}} {ExternalCompressor.ORIGINAL} -to {{output}}"
+    return ExternalCompressor("zpaq a {output} {input} -m5", extract, name="zpaq-m5", suffix=".zpaq", version_command="zpaq",
                               install_hint="make run and make test install it where they can "
                                            "(sudo apt-get install zpaq)")
 
