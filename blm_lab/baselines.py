@@ -229,9 +229,9 @@ def zpaq_compressor() -> ExternalCompressor:
     size is the whole archive, its index and the stored name included.
     """
     extract = f"zpaq x {{input}} {ExternalCompressor.ORIGINAL} -to {{output}}"
-    return ExternalCompressor("zpaq a {output} {input} -m5", extract, name="zpaq-m5", suffix=".zpaq", version_command="zpaq",
-                              install_hint="make run and make test install it where they can "
-                                           "(sudo apt-get install zpaq)")
+    return ExternalCompressor("zpaq a {output} {input} -m5", extract, name="zpaq-m5", suffix=".zpaq",
+                              version_command="zpaq",
+                              install_hint="make run and make test install it where they can (sudo apt-get install zpaq)")
 
 
 def classic_compressors() -> dict[str, Compressor]:
