@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 INSTALL_LOG := $(VENV)/install.log
 
-.PHONY: run test test-fast lab bench chromium clean
+.PHONY: run test test-fast lab bench chromium zpaq clean
 
 # Installation is quiet: its output goes to .venv/install.log and is shown only when a step fails.
 $(STAMP): pyproject.toml
@@ -19,27 +19,31 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## run: the main job on the embedded default corpus (writes under outputs/)
-run: $(STAMP)
+## run: the main job on the embedded default corpus (writes under outputs/; zpaq is installed first where this user can)
+run: $(STAMP) zpaq
 	$(VENV)/bin/blm-lab run
 
-## test: the test suite, the browser test included (Chromium is installed first where this user can)
-test: $(STAMP) chromium
+## test: the test suite, the browser test included (Chromium and zpaq are installed first where this user can)
+test: $(STAMP) chromium zpaq
 	$(PY) -m pytest -q
 
 ## test-fast: the tests without the slow ones
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser"
 
+# Debian packages, installed where this user can (root or sudo), otherwise a note; see tools/apt_install.sh.
 chromium:
-	@sh tools/install_chromium.sh
+	@sh tools/apt_install.sh chromium chromium "the browser test will be skipped"
+
+zpaq:
+	@sh tools/apt_install.sh zpaq zpaq "the comparison table leaves zpaq out, with a note"
 
 ## lab: JupyterLab on the notebooks, with the project's kernel
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 ## bench: the CPU benchmarks (training recipe, coder, compression)
-bench: $(STAMP)
+bench: $(STAMP) zpaq
 	$(PY) benchmarks/bench_coder.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_compress.py

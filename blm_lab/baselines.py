@@ -18,10 +18,15 @@ import bz2
 import gzip
 import lzma
 import math
+import shlex
+import shutil
 import struct
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 import brotli
@@ -29,7 +34,7 @@ import pandas as pd
 import pyppmd
 import zstandard
 
-from .errors import BlmError
+from .errors import BlmError, ConfigError, ExternalProgramError
 
 
 COLUMNS = [
@@ -39,6 +44,8 @@ COLUMNS = [
 KNOWS_NOTHING = "nothing: the file alone"
 # Only present when some compressor reports its ideal code length (``last_stats.ideal_bits``).
 MODEL_COLUMNS = ["ideal_bits_per_byte"]
+# Only present when some compressor is an external program (its ``version`` line).
+PROGRAM_COLUMNS = ["program"]
 
 
 @runtime_checkable
@@ -98,8 +105,138 @@ class PpmdCompressor:
         return data
 
 
+@dataclass
+class ExternalCompressor:
+    """A program named by a pair of command templates, e.g. ``ExternalCompressor("paq8px -8 {input} {output}",
+    "paq8px -d {input} {output}")``: the strongest compressors are programs, not libraries.
+
+    Each call runs the program in a fresh temporary directory, where ``{input}`` and ``{output}`` stand for
+    plain file names there: the original is ``data``, the compressed file ``data.packed`` (``data`` +
+    ``suffix``), the decoded one ``restored``. So an archiver that stores a file's name stores the same short
+    one every time, and the size is the bytes the program wrote. A template without ``{input}`` reads the
+    bytes on standard input, one without ``{output}`` writes them to standard output (``gzip -9 -c {input}``
+    / ``gzip -d -c``). No shell runs: a template is split like a shell command line (``shlex``), without
+    pipes or redirections.
+
+    ``version`` is the first line the program prints for ``version_command`` (default ``PROGRAM --version``),
+    recorded in the comparison's ``program`` column. ``missing`` says why the program cannot run here;
+    ``compare`` then leaves it out with a note instead of a row.
+    """
+
+    compress_command: str
+    decompress_command: str
+    name: str = ""  # default: the compress template without its placeholders, e.g. "paq8px -8"
+    suffix: str = ".packed"  # the compressed file's extension (zpaq insists on its own)
+    version_command: str = ""
+    install_hint: str = ""  # how to get the program, for the note when it is missing
+    timeout_s: float | None = None
+    _version: str | None = field(default=None, init=False, repr=False)
+
+    ORIGINAL, RESTORED = "data", "restored"
+
+    def __post_init__(self):
+        for what, template in (("compress", self.compress_command), ("decompress", self.decompress_command)):
+            if not shlex.split(template):
+                raise ConfigError(f"external compressor {self.name or self.compress_command!r}: the {what} command "
+                                  f"is empty; give a program and its arguments, e.g. 'gzip -9 -c {{input}}'")
+        self.program = shlex.split(self.compress_command)[0]
+        placeholders = ("{input}", "{output}")
+        self.name = self.name or " ".join(t for t in shlex.split(self.compress_command) if t not in placeholders)
+
+    @property
+    def missing(self) -> str | None:
+        """Why the program cannot run here, or None."""
+        if shutil.which(self.program) is not None:
+            return None
+        hint = self.install_hint or "install it, or give its full path in the command"
+        return f"{self.program!r} is not installed here (not found on PATH); {hint}"
+
+    @property
+    def version(self) -> str:
+        """The first line the program prints about itself (stdout, else stderr); empty if it prints nothing."""
+        if self._version is None:
+            argv = shlex.split(self.version_command) if self.version_command else [self.program, "--version"]
+            try:
+                done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+            except FileNotFoundError as exc:
+                raise ExternalProgramError(f"{self.name}: {self.missing or exc}") from exc
+            lines = [line.strip() for out in (done.stdout, done.stderr)
+                     for line in out.decode(errors="replace").splitlines() if line.strip()]
+            self._version = lines[0] if lines else ""
+        return self._version
+
+    def compress(self, data: bytes) -> bytes:
+        return self._run(self.compress_command, data, self.ORIGINAL, self.ORIGINAL + self.suffix)
+
+    def decompress(self, blob: bytes) -> bytes:
+        return self._run(self.decompress_command, blob, self.ORIGINAL + self.suffix, self.RESTORED)
+
+    def _run(self, template: str, data: bytes, input_name: str, output_name: str) -> bytes:
+        argv = [t.replace("{input}", input_name).replace("{output}", output_name) for t in shlex.split(template)]
+        reads_file, writes_file = "{input}" in template, "{output}" in template
+        command = shlex.join(argv)
+        with tempfile.TemporaryDirectory(prefix="blm_external_") as tmp:
+            work = Path(tmp)
+            if reads_file:
+                (work / input_name).write_bytes(data)
+            feed = {"stdin": subprocess.DEVNULL} if reads_file else {"input": data}
+            try:
+                done = subprocess.run(argv, cwd=work, capture_output=True, timeout=self.timeout_s, **feed)
+            except FileNotFoundError as exc:
+                raise ExternalProgramError(f"{self.name}: {self.missing or exc}") from exc
+            except subprocess.TimeoutExpired as exc:
+                raise ExternalProgramError(f"{self.name}: `{command}` ran past {self.timeout_s} s; raise timeout_s "
+                                           f"or leave it out") from exc
+            if done.returncode != 0:
+                said = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+                raise ExternalProgramError(f"{self.name}: `{command}` exited with status {done.returncode}"
+                                           f"{': ' + said[-1] if said else ''}; check the command template")
+            if not writes_file:
+                return done.stdout
+            if not (work / output_name).is_file():
+                raise ExternalProgramError(f"{self.name}: `{command}` wrote no file {output_name!r}; put {{output}} "
+                                           f"where the program writes its result (or leave it out to use stdout)")
+            return (work / output_name).read_bytes()
+
+
+def external_compressor(spec: str) -> ExternalCompressor:
+    """An ``ExternalCompressor`` from one line, ``[NAME=]COMPRESS | DECOMPRESS``, e.g.
+    ``paq8px-8=paq8px -8 {input} {output} | paq8px -d {input} {output}`` (the notebook parameter and
+    ``bench_compress.py --external`` take this form)."""
+    head, eq, rest = spec.partition("=")
+    named = eq and head.strip() and not any(ch.isspace() or ch in "{|" for ch in head.strip())
+    name, commands = (head, rest) if named else ("", spec)
+    compress_command, bar, decompress_command = commands.partition("|")
+    if not bar or not compress_command.strip() or not decompress_command.strip():
+        raise ConfigError(f"external compressor {spec!r}: give '[NAME=]COMPRESS | DECOMPRESS', e.g. "
+                          f"'gz=gzip -9 -c {{input}} | gzip -d -c {{input}}'")
+    return ExternalCompressor(compress_command.strip(), decompress_command.strip(), name=name.strip())
+
+
+def external_compressors(specs: str | Iterable[str]) -> dict[str, Compressor]:
+    """Several ``external_compressor`` lines, by name; a string holds them separated by ``;``."""
+    if isinstance(specs, str):
+        specs = specs.split(";")
+    compressors = [external_compressor(spec) for spec in specs if spec.strip()]
+    return {c.name: c for c in compressors}
+
+
+def zpaq_compressor() -> ExternalCompressor:
+    """zpaq 7 (Mahoney) at its strongest method, ``-m5`` (context mixing), from Debian's ``zpaq`` package.
+
+    zpaq is a journaling archiver: it appends ``.zpaq`` to an archive name without one and stores each
+    file under its name, so the archive is ``data.zpaq`` and extraction names the stored ``data``. The
+    size is the whole archive, its index and the stored name included.
+    """
+    extract = f"zpaq x {{input}} {ExternalCompressor.ORIGINAL} -to {{output}}"
+    return ExternalCompressor("zpaq a {output} {input} -m5", extract, name="zpaq-m5", suffix=".zpaq",
+                              version_command="zpaq",
+                              install_hint="make run and make test install it where they can (sudo apt-get install zpaq)")
+
+
 def classic_compressors() -> dict[str, Compressor]:
-    """The standard-library and common native compressors at their strongest settings, by name, in table order."""
+    """The standard-library and common native compressors at their strongest settings, by name, in table order,
+    then zpaq -m5 (an external program: where it is not installed, ``compare`` leaves it out with a note)."""
     codecs = [
         Codec("gzip-9", partial(gzip.compress, compresslevel=9, mtime=0), gzip.decompress),  # mtime=0: same bytes every run
         Codec("bzip2-9", partial(bz2.compress, compresslevel=9), bz2.decompress),
@@ -107,6 +244,7 @@ def classic_compressors() -> dict[str, Compressor]:
         Codec("zstd-19", partial(_zstd_compress, level=19), _zstd_decompress),
         Codec("brotli-11", partial(brotli.compress, quality=11), brotli.decompress),
         PpmdCompressor(),
+        zpaq_compressor(),
     ]
     return {c.name: c for c in codecs}
 
@@ -260,7 +398,9 @@ def compare(files: Mapping[str, bytes], compressors: Mapping[str, Compressor] | 
     Every round trip is checked: ``verified`` is False where the decoded bytes differ or decoding fails,
     and with ``verify=True`` (the default) that raises ``RuntimeError`` naming the file and compressor.
     Where a compressor reports its ideal code length (``last_stats.ideal_bits``), the ``MODEL_COLUMNS``
-    are added; they are NaN for the other rows.
+    are added; they are NaN for the other rows. Where one is an external program, its ``version`` line is in
+    the ``program`` column. A compressor that cannot run here (its ``missing`` says why) gives a printed note
+    instead of a row; the notes are also in the table's ``attrs["notes"]``.
     """
     from tqdm.auto import tqdm
 
@@ -269,6 +409,10 @@ def compare(files: Mapping[str, bytes], compressors: Mapping[str, Compressor] | 
         labelled = list(compressors.items())
     else:
         labelled = [(c.name, c) for c in compressors]
+    notes = [f"{name} left out: {getattr(c, 'missing')}" for name, c in labelled if getattr(c, "missing", None)]
+    for note in notes:
+        print(f"note: {note}")
+    labelled = [(name, c) for name, c in labelled if not getattr(c, "missing", None)]
     rows = []
     with tqdm(total=len(file_bytes) * len(labelled), desc="compare", disable=not progress) as bar:
         for file, data in file_bytes.items():
@@ -277,10 +421,13 @@ def compare(files: Mapping[str, bytes], compressors: Mapping[str, Compressor] | 
                 rows.append(_measure(file, data, name, compressor, verify))
                 bar.update()
     if not rows:
-        return pd.DataFrame(columns=COLUMNS)
-    df = pd.DataFrame(rows)
-    reports_a_model = df[MODEL_COLUMNS].notna().to_numpy().any()
-    return df[COLUMNS + MODEL_COLUMNS] if reports_a_model else df[COLUMNS]
+        df = pd.DataFrame(columns=COLUMNS)
+    else:
+        df = pd.DataFrame(rows)
+        optional = [c for c in MODEL_COLUMNS + PROGRAM_COLUMNS if df[c].notna().to_numpy().any()]
+        df = df[COLUMNS + optional]
+    df.attrs["notes"] = notes
+    return df
 
 
 def _measure(file: str, data: bytes, name: str, compressor: Compressor, verify: bool) -> dict:
@@ -322,6 +469,7 @@ def _measure(file: str, data: bytes, name: str, compressor: Compressor, verify: 
         "compress_MBps": n / 1e6 / compress_s if compress_s > 0 else math.nan,
         "verified": problem is None,
         "ideal_bits_per_byte": _per_byte(ideal_bits, n) if ideal_bits is not None else math.nan,
+        "program": getattr(compressor, "version", None),
     }
 
 

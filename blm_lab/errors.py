@@ -38,6 +38,10 @@ class StreamError(BlmError):
     are not the ones the encoder used."""
 
 
+class ExternalProgramError(BlmError):
+    """An external compressor named in the comparison is missing, failed, or wrote nothing where it should."""
+
+
 class NotebookError(BlmError):
     """A notebook cell raised: names the notebook, the cell (its In [N] in the executed notebook) and the error."""
 
