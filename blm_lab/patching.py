@@ -156,13 +156,15 @@ class Patching:
 
     def summary(self) -> dict:
         """The headline figures of this patching (one row of ``patch_table``)."""
-        row = {"rule": self.rule, "threshold_nats": self.threshold, "threshold_bits": None,
-               "relative_threshold_nats": self.relative_threshold, "max_length": self.max_length,
+        fixed = self.rule == "fixed"
+        row = {"rule": self.rule, "threshold_nats": None if fixed else self.threshold, "threshold_bits": None,
+               "relative_threshold_nats": self.relative_threshold, "stride": self.threshold if fixed else None,
+               "max_length": self.max_length,
                "patches": self.count, "mean_length": self.mean_length, "median_length": self.median_length,
                "max_patch": int(self.lengths.max()) if self.count else 0,
                "bits_per_patch": float(self.bits.mean()) if self.bits is not None and self.count else None,
                "first_byte_share": self.first_byte_share}
-        if self.rule != "fixed" and self.threshold is not None:
+        if not fixed and self.threshold is not None:
             row["threshold_bits"] = self.threshold / LN2
         return row
 
