@@ -105,8 +105,9 @@ APMs 8.3 MiB, plus the history buffer (n bytes) and 8 KiB per stream: about 185 
 allocated lazily (zero pages), so small inputs touch little of it.
 """
 
-from .config import DEFAULT_CONTEXTS, MixerConfig, order_ctx
+from .config import DEFAULT_CONTEXTS, DEFAULT_REVISION, REVISIONS, MixerConfig, order_ctx, revision_of
 from .engine import ContextMixer, StepTrace
 from .tables import table_digest
 
-__all__ = ["ContextMixer", "DEFAULT_CONTEXTS", "MixerConfig", "StepTrace", "order_ctx", "table_digest"]
+__all__ = ["ContextMixer", "DEFAULT_CONTEXTS", "DEFAULT_REVISION", "MixerConfig", "REVISIONS", "StepTrace", "order_ctx",
+           "revision_of", "table_digest"]
