@@ -16,7 +16,8 @@ The package, in lpaq1's and paq8px's shape
   ``update`` and its own ``mixer_inputs``: ``statemap`` (adaptive probabilities), ``contexts`` (the
   bit-history models: order 0, direct orders 1-2, hashed contexts), ``match``, ``record``,
   ``neural_input``, ``mixer`` (two layers), ``apm`` (SSE).
-* revision 2's components: ``indirect`` (what followed the last occurrences of a context), ``column``
+* revision 2's components: ``indirect`` (what followed the last occurrences of a context; measured, not
+  in revision 2), ``column``
   (the byte above in the previous line) and ``bitmap`` (a bilevel image's pixel windows, per bit).
 * ``engine``: ``ContextMixer``, the per-bit order of calls (``predict_bit``, ``update_bit``,
   ``end_byte``) and the compiled coding loop ``_code_steps``, with its per-byte trace hook
@@ -27,13 +28,13 @@ Revisions
 A file records its mixer revision by ``MixerConfig.fingerprint`` (``config.REVISIONS``, ``revision_of``);
 every revision's arithmetic stays, so every file decodes. Revision 1 (``MixerConfig()``, described below)
 is the default for new files; revision 2 (``MixerConfig.revision2()``, ``compress(...,
-mixer_revision=2)``) adds to it: sparse contexts (byte 2; bytes 2-3; bytes 3-4; bytes 1 and 3), indirect
-contexts (c1 with the 2 bytes that followed its last 2 occurrences; c2 c1 with the byte that followed its
-last occurrence), column contexts (column and the byte above, with c1; the bytes above and above-right
+mixer_revision=2)``) adds to it: sparse contexts (bytes 3-4; bytes 1 and 3), column contexts (column and the byte above, with c1; the bytes above and above-right
 with the current word), the record cells above-left/above/above-right with c1, a third APM on (c0, c1,
 c2) hashed to 2**16 contexts (final weights 4/4/4/4), the bilevel-image model (three direct StateMaps
 over pixel windows of the rows above and the current row, per bit; the 5-pixel window selects a layer-1
-weight set) and a layer-1 rate lr1 = 80. ``benchmarks/bench_mixer_ablation.py`` measures each step.
+weight set) and a layer-1 rate lr1 = 80. ``benchmarks/bench_mixer_ablation.py`` measures each step. The
+indirect contexts (``indirect``: c1 with the 2 bytes that followed its last 2 occurrences; c2 c1 with the
+byte that followed its last occurrence) are selectable kinds, measured but left out of revision 2.
 
 The model (revision 1)
 ----------------------
