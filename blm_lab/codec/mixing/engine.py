@@ -20,7 +20,7 @@ from numba import njit
 from ..coder import BatchDecoder, decode_binary_kernel, encode_binary_kernel, raise_binary_problem
 from . import apm, bitmap, column, contexts, indirect, match, mixer, neural_input, record
 from .config import MixerConfig
-from .tables import HALF, M32, PBITS, PONE, TABLES
+from .tables import CTX_COLUMN, CTX_COLUMN_WORD, CTX_INDIRECT1, CTX_INDIRECT2, HALF, M32, PBITS, PONE, TABLES
 
 
 class Streams(NamedTuple):
@@ -56,6 +56,8 @@ class MixerState(NamedTuple):
     apm: apm.APM
     layout: Layout
     has_neural: bool
+    has_indirect: bool  # a context reads the indirect model: it is kept up to date (else skipped)
+    has_column: bool  # ... the column model
 
 
 def _check(cfg: MixerConfig) -> None:
@@ -131,7 +133,8 @@ def end_byte(step, active, M):
         c = S.c0[b] - 256
         c4, c8, nb = S.c4[b], S.c8[b], S.nbytes[b]
         match.advance(M.match, b, c, base + b, c4, c8, nb)
-        indirect.end_byte(M.indirect, c, c4)
+        if M.has_indirect:
+            indirect.end_byte(M.indirect, c, c4)
         c8 = ((c8 << 8) | (c4 >> 24)) & M32
         c4 = ((c4 << 8) | c) & M32
         S.c4[b] = c4
@@ -140,7 +143,8 @@ def end_byte(step, active, M):
         match.find(M.match, b, base + b, c4, c8, nb + 1, S.buf)
         contexts.end_byte(M.contexts, b, c)
         record.end_byte(M.record, b, c, step, S.buf)
-        column.end_byte(M.column, b, c, step, S.buf)
+        if M.has_column:
+            column.end_byte(M.column, b, c, step, S.buf)
         S.c0[b] = 1
         contexts.byte_contexts(M.contexts, M.record, M.indirect, M.column, b, c4, c8)
 
@@ -179,7 +183,9 @@ class ContextMixer:
             record=record.new_record_model(B), indirect=indirect.new_indirect_model(),
             column=column.new_column_model(B), bitmap=bitmap.new_bitmap_model(cfg, B), neural=neural_input.new_neural_input(cfg, B),
             mixer=mixer.new_mixer(cfg, B, inputs, selectors, neural_first=layout["neural"]),
-            apm=apm.new_apm(cfg, B), layout=Layout(**layout), has_neural=self.neural)
+            apm=apm.new_apm(cfg, B), layout=Layout(**layout), has_neural=self.neural,
+            has_indirect=any(c[0] in (CTX_INDIRECT1, CTX_INDIRECT2) for c in cfg.contexts),
+            has_column=any(c[0] in (CTX_COLUMN, CTX_COLUMN_WORD) for c in cfg.contexts))
         self.step = 0
         _start(self.state)
 
