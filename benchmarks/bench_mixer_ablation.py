@@ -29,17 +29,17 @@ CANTERBURY = ("alice29.txt", "asyoulik.txt", "cp.html", "fields.c", "grammar.lsp
 
 
 def steps() -> dict[str, MixerConfig]:
-    """Revision 1, then each model of revision 2 added in turn (up to revision 2), then a model left out."""
+    """Revision 1, then each model of revision 2 added in turn (up to revision 2), then the models left out."""
     out, ctx = {"rev1": MixerConfig()}, C.DEFAULT_CONTEXTS
     out["+apm order 2"] = cfg = MixerConfig(apm_order2=True, final_w=(4, 4, 4, 4))
-    for name, extra in (("+sparse", C.SPARSE_CONTEXTS), ("+column", C.COLUMN_CONTEXTS),
-                        ("+record3", C.RECORD_CONTEXTS)):
+    for name, extra in (("+sparse", C.SPARSE_CONTEXTS), ("+column", C.COLUMN_CONTEXTS)):
         ctx = ctx + extra
         out[name] = cfg = dataclasses.replace(cfg, contexts=ctx)
     out["+bitmap"] = cfg = dataclasses.replace(cfg, bitmap=True)
-    out["+pixel weight sets"] = cfg = dataclasses.replace(cfg, selectors=cfg.selectors + ("pixels",))
     out["+lr1 80 (rev2)"] = cfg = dataclasses.replace(cfg, lr1=80)
     assert cfg == MixerConfig.revision2()
+    out["rev2 +record3 (not in rev2)"] = dataclasses.replace(cfg, contexts=cfg.contexts + C.RECORD_CONTEXTS)
+    out["rev2 +pixel weight sets (not in rev2)"] = dataclasses.replace(cfg, selectors=cfg.selectors + ("pixels",))
     out["rev2 +indirect (not in rev2)"] = dataclasses.replace(cfg, contexts=cfg.contexts + C.INDIRECT_CONTEXTS)
     return out
 

@@ -25,6 +25,9 @@ from conftest import train_briefly
 
 SMALL = M.MixerConfig(hash_bits=12, match_bits=12)  # small tables: cheap mixers for the direct tests
 SMALL2 = M.MixerConfig.revision2(hash_bits=12, match_bits=12)  # revision 2's models, small tables
+EXTRAS = M.MixerConfig.revision2(hash_bits=12, match_bits=12, selectors=SMALL2.selectors + ("pixels",),
+                                 contexts=SMALL2.contexts + M.config.INDIRECT_CONTEXTS + M.config.RECORD_CONTEXTS)
+CONFIGS = pytest.mark.parametrize("config", [SMALL, SMALL2, EXTRAS], ids=["rev1", "rev2", "selectable-extras"])
 REVISION1_FINGERPRINT = "82a22076"  # what every file of revision 1 records: it never changes
 CANTERBURY = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "canterbury"
 PINNED_TABLES = "58c70c673cc5197d63b35882c12891b43632c51f9a9e286aa58397c60136b07e"
@@ -99,7 +102,7 @@ def test_state_machine_counts_and_discounts():
 
 # ----------------------------------------------------------------------------- symmetry
 
-@pytest.mark.parametrize("config", [SMALL, SMALL2], ids=["rev1", "rev2"])
+@CONFIGS
 @pytest.mark.parametrize("segment_bytes", [len(TEXT) + 512, 500, 977, 59])
 def test_encoder_and_decoder_predict_the_same_p1_at_every_bit(segment_bytes, config):
     """Both sides see the same p1 at every bit of every stream, also where the last segment is short (its
@@ -124,7 +127,7 @@ def test_the_trace_hook_reports_what_each_byte_cost():
     assert np.allclose(trace.bits, expected, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("config", [SMALL, SMALL2], ids=["rev1", "rev2"])
+@CONFIGS
 def test_steps_per_call_do_not_change_anything(config):
     """One compiled call per byte step or many: the same p1 at every bit, the same tables."""
     data = TEXT + bytes(range(256))
@@ -138,7 +141,7 @@ def test_steps_per_call_do_not_change_anything(config):
     assert np.array_equal(a1["streams.buf"][:len(data)], a2["streams.buf"][:len(data)])
 
 
-@pytest.mark.parametrize("config", [SMALL, SMALL2], ids=["rev1", "rev2"])
+@CONFIGS
 def test_arbitrary_active_masks_keep_every_table_identical(config):
     """Streams pausing and resuming at random: predictions and every table of the shared state agree."""
     rng = np.random.default_rng(3)
@@ -354,7 +357,7 @@ def test_kernels_are_integer_only():
     every variable; the coding loop around them uses floats only for its statistics)."""
     from numba import typeof
 
-    mixer = M.ContextMixer(2, SMALL2, neural=True)  # every component of the newest revision
+    mixer = M.ContextMixer(2, EXTRAS, neural=True)  # every component, every selectable model
     state, active = mixer.state, np.ones(2, dtype=np.bool_)
     roots = {engine.predict_bit: (0, active, state, T.TABLES, np.zeros((2, 2), dtype=np.int64)),
              engine.update_bit: (3, np.zeros(2, dtype=np.int64), active, state, T.TABLES),

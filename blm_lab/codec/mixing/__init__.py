@@ -27,14 +27,16 @@ Revisions
 ---------
 A file records its mixer revision by ``MixerConfig.fingerprint`` (``config.REVISIONS``, ``revision_of``);
 every revision's arithmetic stays, so every file decodes. Revision 1 (``MixerConfig()``, described below)
-is the default for new files; revision 2 (``MixerConfig.revision2()``, ``compress(...,
-mixer_revision=2)``) adds to it: sparse contexts (bytes 3-4; bytes 1 and 3), column contexts (column and the byte above, with c1; the bytes above and above-right
-with the current word), the record cells above-left/above/above-right with c1, a third APM on (c0, c1,
-c2) hashed to 2**16 contexts (final weights 4/4/4/4), the bilevel-image model (three direct StateMaps
-over pixel windows of the rows above and the current row, per bit; the 5-pixel window selects a layer-1
-weight set) and a layer-1 rate lr1 = 80. ``benchmarks/bench_mixer_ablation.py`` measures each step. The
-indirect contexts (``indirect``: c1 with the 2 bytes that followed its last 2 occurrences; c2 c1 with the
-byte that followed its last occurrence) are selectable kinds, measured but left out of revision 2.
+is the default for new files; revision 2 (``MixerConfig.revision2()``, ``compress(..., mixer_revision=2)``)
+adds to it: sparse contexts (bytes 3-4; bytes 1 and 3), column contexts (column and the byte above, with
+c1; the bytes above and above-right with the current word), a third APM on (c0, c1, c2) hashed to 2**16
+contexts (final weights 4/4/4/4), the bilevel-image model (three direct StateMaps over pixel windows of
+the rows above and the current row, per bit) and a layer-1 rate lr1 = 80.
+``benchmarks/bench_mixer_ablation.py`` measures each step. Measured and left out of revision 2 for their
+time (selectable): the indirect contexts (``indirect``: c1 with the 2 bytes that followed its last 2
+occurrences; c2 c1 with the byte that followed its last occurrence), the record cells
+above-left/above/above-right (``CTX_RECORD3``) and the bitmap's pixel-window weight sets (selector
+``"pixels"``).
 
 The model (revision 1)
 ----------------------

@@ -2,8 +2,8 @@
 
 The container records the first bytes of ``fingerprint()``; a decoder finds the revision that wrote a file
 by it (``REVISIONS``, ``revision_of``) and refuses any other. Revision 1 is ``MixerConfig()``, the
-arithmetic of blm_lab's first context mixer; revision 2 (``MixerConfig.revision2()``) adds sparse,
-column and record-neighbour contexts, a third APM and a bilevel-image model. Fields added after revision 1 are hashed only when they
+arithmetic of blm_lab's first context mixer; revision 2 (``MixerConfig.revision2()``) adds sparse
+and column contexts, a third APM and a bilevel-image model. Fields added after revision 1 are hashed only when they
 differ from their default (the revision-1 behaviour), so revision 1's fingerprint never changes."""
 
 from __future__ import annotations
@@ -28,16 +28,17 @@ DEFAULT_CONTEXTS = (
     order_ctx(2, True), (CTX_RECORD2, 0, 0, 1), (CTX_RECORD, 0xFF, 0, 0),
 )
 
-# revision 2: sparse contexts (bytes 3-4; bytes 1 and 3), column and record-neighbour contexts. The indirect
-# contexts are selectable but not in revision 2: they paid on binaries and cost as much on text and time
+# revision 2: sparse contexts (bytes 3-4; bytes 1 and 3) and column contexts. The indirect and record-neighbour
+# contexts (and the "pixels" weight sets) are selectable but not in revision 2: measured, they paid too little
+# for their time (benchmarks/bench_mixer_ablation.py)
 SPARSE_CONTEXTS = ((CTX_BYTES, 0xFFFF0000, 0, 0), (CTX_BYTES, 0xFF00FF, 0, 0))
 INDIRECT_CONTEXTS = ((CTX_INDIRECT1, 0xFF, 0, 0), (CTX_INDIRECT2, 0xFFFF, 0, 0))
 COLUMN_CONTEXTS = ((CTX_COLUMN, 0xFF, 0, 0), (CTX_COLUMN_WORD, 0, 0, 0))
 RECORD_CONTEXTS = ((CTX_RECORD3, 0xFF, 0, 0),)  # the cells above-left, above, above-right and beside
-REVISION2_CONTEXTS = DEFAULT_CONTEXTS + SPARSE_CONTEXTS + COLUMN_CONTEXTS + RECORD_CONTEXTS
+REVISION2_CONTEXTS = DEFAULT_CONTEXTS + SPARSE_CONTEXTS + COLUMN_CONTEXTS
 ADDED_FIELDS = {"apm_order2", "bitmap"}
 REVISION2 = dict(contexts=REVISION2_CONTEXTS, apm_order2=True, final_w=(4, 4, 4, 4), bitmap=True,
-                 selectors=("c0", "match", "c1", "hits", "pixels"), lr1=80)
+                 lr1=80)
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,8 @@ class MixerConfig:
 
     @classmethod
     def revision2(cls, **changes) -> "MixerConfig":
-        """Revision 2: revision 1's contexts plus sparse (skip) orders, column contexts (the byte above in
-        the previous line) and the record cells around the one above; a third APM on order 2; the
-        bilevel-image model with its pixel window selecting a weight set; a lower layer-1 rate."""
+        """Revision 2: revision 1's contexts plus sparse (skip) orders and column contexts (the byte above in
+        the previous line); a third APM on order 2; the bilevel-image model; a lower layer-1 rate."""
         return cls(**{**REVISION2, **changes})
 
     def fingerprint(self) -> bytes:
