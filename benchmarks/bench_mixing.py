@@ -8,6 +8,7 @@ its peak resident memory. lpaq1 (Mahoney, 2007) is a reference program built out
     python benchmarks/bench_mixing.py --lpaq1 /work/ref/lpaq1/lpaq1 --corpora ../shared/corpora
     python benchmarks/bench_mixing.py --scaling 100000,1000000,10000000 --scaling-streams 1
     python benchmarks/bench_mixing.py --segments 1,2,4,8,28,0   # 0: the default segmentation
+    python benchmarks/bench_mixing.py --mixer-revision 1,2       # each mixer revision against lpaq1
 
 Sections: ``vs-lpaq1`` (one stream, on alice29+asyoulik+lcet10+plrabn12 concatenated and on the
 tiny-shakespeare validation split), ``segments`` (size and time by stream count) and ``scaling`` (time
@@ -29,12 +30,12 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from blm_lab.codec.neural import compress_with_stats, decompress
-path, segments, check = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+path, segments, check, revision = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
 data = open(path, "rb").read()
-kw = {} if segments == 0 else {"segments": segments}
+kw = ({} if segments == 0 else {"segments": segments}) | {"mixer_revision": revision}
 compress_with_stats(data[:20000], **kw)  # compile / load the kernels outside the timing
 blob, stats = compress_with_stats(data, **kw)
-out = {"bytes": len(data), "compressed": len(blob), "seconds": stats.seconds, "segments": stats.segments,
+out = {"revision": revision, "bytes": len(data), "compressed": len(blob), "seconds": stats.seconds, "segments": stats.segments,
        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 if check:
     t = time.perf_counter()
@@ -44,8 +45,12 @@ print(json.dumps(out))
 """
 
 
-def ours(path: Path, segments: int, check: bool = False) -> dict:
-    res = subprocess.run([sys.executable, "-c", CHILD, str(path), str(segments), "1" if check else "0"],
+def ours(path: Path, segments: int, check: bool = False, revision: int = 0) -> dict:
+    """``revision`` 0: the default mixer revision."""
+    if revision == 0:
+        from blm_lab.codec.mixing import DEFAULT_REVISION
+        revision = DEFAULT_REVISION
+    res = subprocess.run([sys.executable, "-c", CHILD, str(path), str(segments), "1" if check else "0", str(revision)],
                          capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -77,6 +82,7 @@ def main() -> None:
     p.add_argument("--scaling", default="", help="comma-separated input sizes for the time-per-byte table")
     p.add_argument("--scaling-streams", type=int, default=1)
     p.add_argument("--skip-lpaq1-table", action="store_true")
+    p.add_argument("--mixer-revision", default="0", help="comma-separated mixer revisions for vs-lpaq1 (0: the default)")
     args = p.parse_args()
     corpora = Path(args.corpora)
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -89,19 +95,23 @@ def main() -> None:
         val.write_bytes(shakespeare[int(len(shakespeare) * 0.9):])
         if not args.skip_lpaq1_table:
             print("## vs-lpaq1: one stream, coding seconds (ours) against lpaq1 -6's whole run")
+            revisions = [int(r) for r in args.mixer_revision.split(",")]
             for path in (cant, val):
-                best_ours, best_ref = None, None
+                best_ours, best_ref = {}, None
                 for _ in range(args.repeats):
-                    o = ours(path, 1, check=best_ours is None)  # the first run also decodes and checks
-                    best_ours = o if best_ours is None else {**best_ours, "seconds": min(best_ours["seconds"], o["seconds"])}
+                    for rev in revisions:  # alternating with lpaq1, side by side
+                        o = ours(path, 1, check=rev not in best_ours, revision=rev)  # the first run also decodes
+                        best = best_ours.get(rev)
+                        best_ours[rev] = o if best is None else {**best, "seconds": min(best["seconds"], o["seconds"])}
                     if args.lpaq1:
                         r = lpaq1(args.lpaq1, path, tmp)
                         best_ref = r if best_ref is None or r["seconds"] < best_ref["seconds"] else best_ref
-                line = {"file": path.name, **best_ours}
-                if best_ref:
-                    line.update(lpaq1_seconds=best_ref["seconds"], lpaq1_compressed=best_ref["compressed"],
-                                time_ratio=best_ours["seconds"] / best_ref["seconds"])
-                print(json.dumps(line))
+                for o in best_ours.values():
+                    line = {"file": path.name, **o}
+                    if best_ref:
+                        line.update(lpaq1_seconds=best_ref["seconds"], lpaq1_compressed=best_ref["compressed"],
+                                    time_ratio=o["seconds"] / best_ref["seconds"])
+                    print(json.dumps(line))
         if args.segments:
             print("## segments: stream count against size and coding time")
             for path in (val, cant):

@@ -54,8 +54,9 @@ def cmd_compress(args) -> int:
     from .codec.neural import compress_with_stats
 
     def transform(data, model):
+        revision = {} if args.mixer_revision is None else {"mixer_revision": args.mixer_revision}
         return compress_with_stats(data, model, numerics=args.numerics, mixing=args.mixing, segments=args.segments,
-                                   segment_bytes=args.segment_bytes, progress=not args.quiet)
+                                   segment_bytes=args.segment_bytes, progress=not args.quiet, **revision)
 
     return _transform_file(args, transform, lambda stats: (
         f"{stats.original_bytes:,} -> {stats.compressed_bytes:,} bytes, {stats.bits_per_byte:.4f} bits/byte "
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--mixing", choices=MIXING, default="cm",
                            help="cm (default): mix the model with the file's own statistics, bit by bit; none: code "
                                 "the model's byte distributions as they are")
+            p.add_argument("--mixer-revision", type=int, default=None,
+                           help="with --mixing cm: the context mixer's revision (default 1; 2: more models, about "
+                                "twice as slow); the file records it, decompress needs nothing")
             p.add_argument("--numerics", choices=NUMERICS[:2], default="portable",
                            help="portable (default): bit-exact, decodes on any machine; float: the model's own float "
                                 "arithmetic, decodes only under the same compute setting")

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import blm_lab
 from blm_lab.codec import container
+from blm_lab.codec.mixing import revision_of
 from blm_lab.checkpoint import save_checkpoint
 from blm_lab.codec.neural import compress, compress_with_stats, decompress, default_segment_bytes, model_fingerprint
 from blm_lab.errors import CompressionError, ContainerError
@@ -273,6 +274,18 @@ def test_cli_round_trip_json_and_errors(tmp_path, ckpt_pair):
     r = _cli("compress", tmp_path / "nope.txt", tmp_path / "y.blmz", "--model", ckpt, "--quiet")
     assert r.returncode == 2 and "input file not found" in r.stderr
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written temp files left
+
+
+def test_cli_mixer_revision(tmp_path):
+    """``--mixer-revision 2`` writes a revision-2 file that decompresses with no option; an unknown one is refused."""
+    src, packed, restored = tmp_path / "in.txt", tmp_path / "in.blmz", tmp_path / "out.txt"
+    src.write_bytes(CAT_TEXT)
+    assert _cli("compress", src, packed, "--mixer-revision", "2", "--quiet").returncode == 0
+    header, _ = container.unpack(packed.read_bytes())
+    assert revision_of(header.mixer_fingerprint) == 2
+    assert _cli("decompress", packed, restored, "--quiet").returncode == 0 and restored.read_bytes() == CAT_TEXT
+    r = _cli("compress", src, tmp_path / "x.blmz", "--mixer-revision", "7", "--quiet")
+    assert r.returncode == 2 and "mixer revision 7" in r.stderr and not (tmp_path / "x.blmz").exists()
 
 
 def test_package_level_api(model):

@@ -36,17 +36,22 @@ def test_golden_files_decode_byte_for_byte(model, name):
 def test_golden_files_are_written_again_identically(model, name):
     spec = MANIFEST[name]
     blob = compress((GOLDEN / spec["input"]).read_bytes(), model if spec["model"] else None, mixing=spec["mixing"],
-                    segment_bytes=spec["segment_bytes"])
+                    segment_bytes=spec["segment_bytes"], mixer_revision=spec.get("mixer_revision", 1))
     assert blob == (GOLDEN / f"{name}.blmz").read_bytes()
 
 
 def test_golden_files_cover_every_kind_of_file():
+    from blm_lab.codec.mixing import REVISIONS, revision_of
+
     kinds = {}
     for name in MANIFEST:
         header, _ = container.unpack((GOLDEN / f"{name}.blmz").read_bytes())
-        kinds[name] = "stored" if header.stored else (header.numerics, header.mixing, sum(header.stored_segments))
-    assert kinds == {"text": ("portable", "cm", 0), "text-model-only": ("portable", "none", 0),
-                     "text-cm-only": ("none", "cm", 0), "mixed": ("portable", "cm", 2), "short": "stored"}
+        kinds[name] = "stored" if header.stored else (header.numerics, header.mixing, sum(header.stored_segments),
+                                                      revision_of(header.mixer_fingerprint))
+    assert kinds == {"text": ("portable", "cm", 0, 1), "text-model-only": ("portable", "none", 0, None),
+                     "text-cm-only": ("none", "cm", 0, 1), "mixed": ("portable", "cm", 2, 1), "short": "stored",
+                     "text-rev2": ("portable", "cm", 0, 2), "text-cm-only-rev2": ("none", "cm", 0, 2)}
+    assert {k[3] for k in kinds.values() if k != "stored"} - {None} == set(REVISIONS)  # every revision decodes
 
 
 def test_golden_files_are_small():

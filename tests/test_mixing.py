@@ -24,6 +24,11 @@ from blm_lab.gpt import BytesGPTConfig
 from conftest import train_briefly
 
 SMALL = M.MixerConfig(hash_bits=12, match_bits=12)  # small tables: cheap mixers for the direct tests
+SMALL2 = M.MixerConfig.revision2(hash_bits=12, match_bits=12)  # revision 2's models, small tables
+EXTRAS = M.MixerConfig.revision2(hash_bits=12, match_bits=12, selectors=SMALL2.selectors + ("pixels",),
+                                 contexts=SMALL2.contexts + M.config.INDIRECT_CONTEXTS + M.config.RECORD_CONTEXTS)
+CONFIGS = pytest.mark.parametrize("config", [SMALL, SMALL2, EXTRAS], ids=["rev1", "rev2", "selectable-extras"])
+REVISION1_FINGERPRINT = "82a22076"  # what every file of revision 1 records: it never changes
 CANTERBURY = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "canterbury"
 PINNED_TABLES = "58c70c673cc5197d63b35882c12891b43632c51f9a9e286aa58397c60136b07e"
 TEXT = (b"Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: "
@@ -97,12 +102,13 @@ def test_state_machine_counts_and_discounts():
 
 # ----------------------------------------------------------------------------- symmetry
 
-@pytest.mark.parametrize("segment_bytes", [len(TEXT), 500, 977, 59])
-def test_encoder_and_decoder_predict_the_same_p1_at_every_bit(segment_bytes):
+@CONFIGS
+@pytest.mark.parametrize("segment_bytes", [len(TEXT) + 512, 500, 977, 59])
+def test_encoder_and_decoder_predict_the_same_p1_at_every_bit(segment_bytes, config):
     """Both sides see the same p1 at every bit of every stream, also where the last segment is short (its
     stream finishes early and is masked out of the remaining steps)."""
     data = TEXT + bytes(range(256)) * 2
-    (enc, _), (dec, _) = lockstep(data, segment_bytes)
+    (enc, _), (dec, _) = lockstep(data, segment_bytes, config)
     assert enc.shape[2] == 8 and np.array_equal(enc, dec)
     assert enc.max() <= T.PONE - 1 and (enc > 0).sum() == 8 * len(data)  # every coded bit recorded, only those
 
@@ -121,11 +127,12 @@ def test_the_trace_hook_reports_what_each_byte_cost():
     assert np.allclose(trace.bits, expected, rtol=0, atol=1e-9)
 
 
-def test_steps_per_call_do_not_change_anything():
+@CONFIGS
+def test_steps_per_call_do_not_change_anything(config):
     """One compiled call per byte step or many: the same p1 at every bit, the same tables."""
     data = TEXT + bytes(range(256))
-    (one, m1), _ = lockstep(data, 500, steps_per_call=1)
-    (many, m2), _ = lockstep(data, 500, steps_per_call=97)
+    (one, m1), _ = lockstep(data, 500, config, steps_per_call=1)
+    (many, m2), _ = lockstep(data, 500, config, steps_per_call=97)
     assert np.array_equal(one, many)
     a1, a2 = m1.arrays(), m2.arrays()
     for name in a1:
@@ -134,14 +141,15 @@ def test_steps_per_call_do_not_change_anything():
     assert np.array_equal(a1["streams.buf"][:len(data)], a2["streams.buf"][:len(data)])
 
 
-def test_arbitrary_active_masks_keep_every_table_identical():
+@CONFIGS
+def test_arbitrary_active_masks_keep_every_table_identical(config):
     """Streams pausing and resuming at random: predictions and every table of the shared state agree."""
     rng = np.random.default_rng(3)
     B, steps = 6, 250
     data = (TEXT * 2)[:B * steps]
     masks = rng.random((steps, B)) < 0.7
     for neural in (None, fake_neural(rng, steps, B)):
-        (enc, m1), (dec, m2) = lockstep(data, steps, neural_freqs=neural, masks=masks)
+        (enc, m1), (dec, m2) = lockstep(data, steps, config, neural_freqs=neural, masks=masks)
         assert np.array_equal(enc, dec)
         a1, a2 = m1.arrays(), m2.arrays()
         assert a1.keys() == a2.keys() and len(a1) > 30
@@ -171,19 +179,59 @@ def model():
     return train_briefly(TEXT, BytesGPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32))
 
 
+@pytest.mark.parametrize("revision", sorted(M.REVISIONS))
 @pytest.mark.parametrize("data", [b"", b"\x00", b"a", bytes(5000), b"\xff" * 3000, TEXT],
                          ids=["empty", "zero", "a", "zeros", "ffs", "text"])
 @pytest.mark.parametrize("segments", [1, 3])
-def test_context_mixing_alone_round_trips(data, segments):
-    blob = compress(data, None, segments=segments)
+def test_context_mixing_alone_round_trips(data, segments, revision):
+    blob = compress(data, None, segments=segments, mixer_revision=revision)
     assert decompress(blob) == data
+    assert len(blob) <= len(data) + container.stored_overhead(len(data))
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.lists(st.sampled_from([b"ab", b"abc", b"\x00\x01", b"xyz ", b"\xff"]), max_size=300).map(b"".join),
-       segments=st.integers(min_value=1, max_value=6))
-def test_context_mixing_round_trips_repetitive_inputs(data, segments):
-    assert decompress(compress(data, None, segments=segments)) == data
+@given(data=st.lists(st.sampled_from([b"ab", b"abc", b"\x00\x01", b"xyz ", b"\xff", b"\n  a\n"]),
+                     max_size=300).map(b"".join),
+       segments=st.integers(min_value=1, max_value=6), revision=st.sampled_from(sorted(M.REVISIONS)))
+def test_context_mixing_round_trips_repetitive_inputs(data, segments, revision):
+    assert decompress(compress(data, None, segments=segments, mixer_revision=revision)) == data
+
+
+# ----------------------------------------------------------------------------- revisions
+
+def test_revision_1_keeps_its_fingerprint_and_revision_2_has_its_own():
+    """Fields added for revision 2 leave revision 1's fingerprint (the one its files record) as it was."""
+    assert M.MixerConfig().fingerprint()[:4].hex() == REVISION1_FINGERPRINT
+    assert M.REVISIONS[1] == M.MixerConfig()
+    fps = {r: c.fingerprint()[:4] for r, c in M.REVISIONS.items()}
+    assert len(set(fps.values())) == len(fps) and all(M.revision_of(fp) == r for r, fp in fps.items())
+    assert M.revision_of(b"\0\0\0\0") is None
+
+
+@pytest.mark.parametrize("segment_bytes", [None, 700, 333])
+def test_revision_2_with_a_model_round_trips_and_records_its_revision(model, segment_bytes):
+    data = TEXT[:1500] + b"\n".join(b"%5d|%-8s|" % (i, b"x" * (i % 7)) for i in range(60)) + TEXT[1500:2100]
+    kw = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
+    blobs = {r: compress(data, model, mixer_revision=r, **kw) for r in M.REVISIONS}
+    for r, blob in blobs.items():
+        header, _ = container.unpack(blob)
+        assert M.revision_of(header.mixer_fingerprint) == r
+        assert decompress(blob, model) == data
+    assert blobs[1] != blobs[2]
+
+
+def test_an_unknown_mixer_revision_is_refused_before_any_work(monkeypatch):
+    from blm_lab.codec import neural
+    from blm_lab.errors import CompressionError, ConfigError
+
+    header, parts = container.unpack(compress(TEXT, None, mixer_revision=2))
+    header.mixer_fingerprint = b"\x01\x02\x03\x04"
+    blob = container.pack(header, parts)
+    monkeypatch.setattr(neural, "_coding", lambda *a, **k: pytest.fail("decoding started"))
+    with pytest.raises(CompressionError, match="unknown context mixer revision"):
+        decompress(blob)
+    with pytest.raises(ConfigError, match="mixer revision 9"):
+        compress(TEXT, None, mixer_revision=9)
 
 
 def test_mixing_with_the_model_beats_either_alone(model):
@@ -309,7 +357,7 @@ def test_kernels_are_integer_only():
     every variable; the coding loop around them uses floats only for its statistics)."""
     from numba import typeof
 
-    mixer = M.ContextMixer(2, SMALL, neural=True)
+    mixer = M.ContextMixer(2, EXTRAS, neural=True)  # every component, every selectable model
     state, active = mixer.state, np.ones(2, dtype=np.bool_)
     roots = {engine.predict_bit: (0, active, state, T.TABLES, np.zeros((2, 2), dtype=np.int64)),
              engine.update_bit: (3, np.zeros(2, dtype=np.int64), active, state, T.TABLES),

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from ..errors import CompressionError, ConfigError, ContainerError, StreamError
 from . import container
 from .coder import PRECISION, BatchDecoder, BatchEncoder, quantize
-from .mixing.config import MixerConfig
+from .mixing.config import DEFAULT_REVISION, REVISIONS, revision_of
 from .mixing.engine import ContextMixer, StepTrace
 from .trace import ByteTrace
 
@@ -333,9 +333,9 @@ class _MixedCoding:
     precision = 16
 
     def __init__(self, coder, decoding: bool, symbols: np.ndarray, stored: np.ndarray, lengths: np.ndarray,
-                 trace: bool, neural: bool):
+                 trace: bool, neural: bool, revision: int):
         B, steps = symbols.shape
-        self.mixer = ContextMixer(B, neural=neural)
+        self.mixer = ContextMixer(B, REVISIONS[revision], neural=neural)
         self.coder, self.symbols, self.stored, self.lengths, self.neural = coder, symbols, stored, lengths, neural
         self.bits = np.zeros(B, dtype=np.float64)
         self.trace = StepTrace.new(steps, B, neural_share=neural) if trace else None
@@ -386,9 +386,10 @@ def _lockstep(predictor, lengths: np.ndarray, coding, label: str, progress: bool
 
 
 def _coding(mixing: str, coder, decoding: bool, symbols: np.ndarray, stored: np.ndarray, lengths: np.ndarray,
-            predictor, trace: bool):
+            predictor, trace: bool, revision: int):
     if mixing == "cm":
-        return _MixedCoding(coder, decoding, symbols, stored, lengths, trace, neural=predictor is not None)
+        return _MixedCoding(coder, decoding, symbols, stored, lengths, trace, neural=predictor is not None,
+                            revision=revision)
     return _ByteCoding(coder, decoding, symbols, stored, lengths, trace)
 
 
@@ -396,10 +397,15 @@ def _precision(mixing: str) -> int:
     return _MixedCoding.precision if mixing == "cm" else _ByteCoding.precision
 
 
-def _mixer_fingerprint(mixing: str) -> bytes:
+def _mixer_fingerprint(mixing: str, revision: int) -> bytes:
     if mixing == "none":
         return b""
-    return MixerConfig().fingerprint()[:container.MIXER_FINGERPRINT_BYTES]
+    return REVISIONS[revision].fingerprint()[:container.MIXER_FINGERPRINT_BYTES]
+
+
+def _check_revision(revision: int) -> None:
+    if revision not in REVISIONS:
+        raise ConfigError(f"mixer revision {revision!r} is not one of {', '.join(map(str, REVISIONS))}")
 
 
 def _trace_method(numerics: str, mixing: str) -> str:
@@ -450,10 +456,12 @@ def _stats(n: int, blob: bytes, ideal: float, times: _LoopTimes, t_start: float,
 
 def compress_with_stats(data: bytes, model=None, *, numerics: str = "portable", mixing: str = "cm",
                         segments: int | None = None, segment_bytes: int | None = None,
-                        progress: bool = False, trace: bool = False) -> tuple[bytes, CompressionStats]:
+                        progress: bool = False, trace: bool = False,
+                        mixer_revision: int = DEFAULT_REVISION) -> tuple[bytes, CompressionStats]:
     """Compress ``data`` with ``model`` (None: context mixing alone); returns the container bytes and
     measured statistics. ``mixing="cm"`` (the default) codes every bit with the context mixer of
-    ``codec.mixing``, the model one of its inputs; ``"none"`` codes the model's byte distributions as
+    ``codec.mixing`` (``mixer_revision``: one of ``mixing.config.REVISIONS``, recorded in the file by its
+    fingerprint), the model one of its inputs; ``"none"`` codes the model's byte distributions as
     they are. ``trace=True`` also sets ``stats.trace``, a ``codec.trace.ByteTrace`` of where each byte's
     bits went (the same file is written)."""
     data = bytes(data)
@@ -461,6 +469,7 @@ def compress_with_stats(data: bytes, model=None, *, numerics: str = "portable", 
         raise ConfigError(f"mixing {mixing!r} is not one of {', '.join(container.MIXING)}")
     if model is None and mixing == "none":
         raise ConfigError("with no model there is nothing to code with: give a model, or mixing='cm'")
+    _check_revision(mixer_revision)
     t_start = time.perf_counter()
     n = len(data)
     seg = _segment_bytes(n, segments, segment_bytes, with_model=model is not None)
@@ -473,7 +482,8 @@ def compress_with_stats(data: bytes, model=None, *, numerics: str = "portable", 
     if B:
         known = _segment_matrix(data, seg, B)
         encoder = BatchEncoder(B, _precision(mixing))
-        coding = _coding(mixing, encoder, False, known, np.zeros(B, dtype=bool), lengths, predictor, trace)
+        coding = _coding(mixing, encoder, False, known, np.zeros(B, dtype=bool), lengths, predictor, trace,
+                         mixer_revision)
         model_bits = _model_bits(predictor, trace, known.shape)
         with _eval_mode(model), (predictor.running() if predictor else contextlib.nullcontext()):
             times = _lockstep(predictor, lengths, coding, "compress", progress, model_bits)
@@ -489,7 +499,7 @@ def compress_with_stats(data: bytes, model=None, *, numerics: str = "portable", 
         original_length=n, checksum=container.checksum(data), numerics=used_numerics, mixing=mixing,
         precision=_precision(mixing),
         model_fingerprint=predictor.fingerprint() if predictor else bytes(container.FINGERPRINT_BYTES),
-        mixer_fingerprint=_mixer_fingerprint(mixing), setting=predictor.setting() if predictor else {},
+        mixer_fingerprint=_mixer_fingerprint(mixing, mixer_revision), setting=predictor.setting() if predictor else {},
         segment_bytes=seg, stream_lengths=[len(s) for s in streams], stored_segments=stored)
     blob = container.pack(header, streams)
     if len(blob) > n + container.stored_overhead(n):  # coding did not pay: keep the file as it is
@@ -503,10 +513,10 @@ def compress_with_stats(data: bytes, model=None, *, numerics: str = "portable", 
 
 
 def compress(data: bytes, model=None, *, numerics: str = "portable", mixing: str = "cm", segments: int | None = None,
-             segment_bytes: int | None = None, progress: bool = False) -> bytes:
+             segment_bytes: int | None = None, progress: bool = False, mixer_revision: int = DEFAULT_REVISION) -> bytes:
     """Compress bytes (see ``compress_with_stats``). Decompress with ``decompress(blob, model)`` and the same model."""
     return compress_with_stats(data, model, numerics=numerics, mixing=mixing, segments=segments,
-                               segment_bytes=segment_bytes, progress=progress)[0]
+                               segment_bytes=segment_bytes, progress=progress, mixer_revision=mixer_revision)[0]
 
 
 # ----------------------------------------------------------------------------- decompress
@@ -514,9 +524,10 @@ def compress(data: bytes, model=None, *, numerics: str = "portable", mixing: str
 def check_compatible(header: container.Header, predictor, allow_compute_mismatch: bool = False) -> None:
     """Refuse the wrong model or mixer outright; for float files, a different compute setting unless asked
     to try anyway."""
-    if header.mixing != "none" and header.mixer_fingerprint != _mixer_fingerprint(header.mixing):
-        raise CompressionError(f"this file was compressed with another context mixer (fingerprint "
-                               f"{header.mixer_fingerprint.hex()}, this blm_lab's {_mixer_fingerprint(header.mixing).hex()})"
+    if header.mixing != "none" and revision_of(header.mixer_fingerprint) is None:
+        known = ", ".join(f"{r}: {_mixer_fingerprint(header.mixing, r).hex()}" for r in REVISIONS)
+        raise CompressionError(f"this file was compressed with an unknown context mixer revision (fingerprint "
+                               f"{header.mixer_fingerprint.hex()}; this blm_lab decodes revisions {known})"
                                "; decompress it with the blm_lab release that wrote it")
     if predictor is None:
         return
@@ -571,7 +582,8 @@ def decompress_with_stats(blob: bytes, model=None, *, progress: bool = False, al
     for b in np.flatnonzero(stored):
         known[b, :lengths[b]] = np.frombuffer(parts[b], dtype=np.uint8)
     decoder = BatchDecoder([b"" if s else p for p, s in zip(parts, stored)], header.precision)
-    coding = _coding(header.mixing, decoder, True, known, stored, lengths, predictor, trace)
+    revision = revision_of(header.mixer_fingerprint) if header.mixing != "none" else DEFAULT_REVISION
+    coding = _coding(header.mixing, decoder, True, known, stored, lengths, predictor, trace, revision)
     model_bits = _model_bits(predictor, trace, known.shape)
     # a float file decoded under an overridden setting mismatch may fail here without being damaged
     maybe = " or the float arithmetic here differs from where it was made" if header.numerics == "float" else ""

@@ -1,15 +1,18 @@
-"""Make the golden files once: a tiny trained model (saved in float16), three inputs, and five files made from
+"""Make the golden files once: a tiny trained model (saved in float16), three inputs, and the files made from
 them with the portable numerics (listed in manifest.json with how each was made). tests/test_golden.py
 checks that every later blm_lab decodes them byte for byte and writes the same bytes again; regenerate
-them only together with a container version bump.
+them only together with a container version bump. ``--missing`` adds the files of FILES not made yet (a
+new mixer revision's) with the existing model, leaving every existing file as it is.
 
     python tests/golden/make_golden.py
+    python tests/golden/make_golden.py --missing
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -24,13 +27,15 @@ TEXT = (b"To be, or not to be, that is the question:\nWhether 'tis nobler in the
         b"And by opposing end them. To die: to sleep;\nNo more; and by a sleep to say we end\n")
 
 
-# file name -> (input, uses the model, mixing)
+# file name -> (input, uses the model, mixing, mixer revision)
 FILES = {
-    "text": ("text", True, "cm"),  # the default: the model mixed with the file's own statistics
-    "text-model-only": ("text", True, "none"),  # the model's byte distributions coded directly
-    "text-cm-only": ("text", False, "cm"),  # context mixing alone, no model
-    "mixed": ("mixed", True, "cm"),  # random middle segments are stored as they are
-    "short": ("short", True, "cm"),  # shorter than any header: the file is stored whole
+    "text": ("text", True, "cm", 1),  # the default: the model mixed with the file's own statistics
+    "text-model-only": ("text", True, "none", 1),  # the model's byte distributions coded directly
+    "text-cm-only": ("text", False, "cm", 1),  # context mixing alone, no model
+    "mixed": ("mixed", True, "cm", 1),  # random middle segments are stored as they are
+    "short": ("short", True, "cm", 1),  # shorter than any header: the file is stored whole
+    "text-rev2": ("text", True, "cm", 2),  # mixer revision 2, with the model
+    "text-cm-only-rev2": ("text", False, "cm", 2),  # mixer revision 2 alone
 }
 
 
@@ -58,24 +63,30 @@ def train_tiny() -> BytesGPT:
     return model.eval()
 
 
-def main() -> None:
+def main(missing: bool = False) -> None:
     torch.set_num_threads(1)
-    model = train_tiny().half()  # a float16 checkpoint: loading upcasts it exactly
-    save_checkpoint(HERE / "tiny.pt", {"config": model.config.to_dict(), "model_state": model.state_dict()})
+    if not missing:
+        model = train_tiny().half()  # a float16 checkpoint: loading upcasts it exactly
+        save_checkpoint(HERE / "tiny.pt", {"config": model.config.to_dict(), "model_state": model.state_dict()})
     model, _ = load_checkpoint(HERE / "tiny.pt")
     data = inputs()
     for name, blob in data.items():
+        if missing:
+            assert (HERE / f"{name}.bin").read_bytes() == blob, name
         (HERE / f"{name}.bin").write_bytes(blob)
-    manifest = {}
-    for name, (source, with_model, mixing) in FILES.items():
+    manifest = json.loads((HERE / "manifest.json").read_text()) if missing else {}
+    for name, (source, with_model, mixing, revision) in FILES.items():
+        if missing and name in manifest:
+            continue
         blob, stats = compress_with_stats(data[source], model if with_model else None, mixing=mixing,
-                                          segment_bytes=256)
+                                          segment_bytes=256, mixer_revision=revision)
         (HERE / f"{name}.blmz").write_bytes(blob)
-        manifest[name] = {"input": f"{source}.bin", "model": with_model, "mixing": mixing, "segment_bytes": 256}
+        manifest[name] = {"input": f"{source}.bin", "model": with_model, "mixing": mixing, "segment_bytes": 256,
+                          "mixer_revision": revision}
         print(f"{name}: {len(data[source])} -> {len(blob)} bytes ({stats.numerics}, mixing {stats.mixing}, "
               f"{stats.stored_segments} stored segments)")
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(missing="--missing" in sys.argv[1:])

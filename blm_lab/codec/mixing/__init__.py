@@ -16,12 +16,30 @@ The package, in lpaq1's and paq8px's shape
   ``update`` and its own ``mixer_inputs``: ``statemap`` (adaptive probabilities), ``contexts`` (the
   bit-history models: order 0, direct orders 1-2, hashed contexts), ``match``, ``record``,
   ``neural_input``, ``mixer`` (two layers), ``apm`` (SSE).
+* revision 2's components: ``indirect`` (what followed the last occurrences of a context; measured, not
+  in revision 2), ``column``
+  (the byte above in the previous line) and ``bitmap`` (a bilevel image's pixel windows, per bit).
 * ``engine``: ``ContextMixer``, the per-bit order of calls (``predict_bit``, ``update_bit``,
   ``end_byte``) and the compiled coding loop ``_code_steps``, with its per-byte trace hook
   (``StepTrace``: the p1 of every coded bit and the neural input's share of layer 1).
 
-The model
+Revisions
 ---------
+A file records its mixer revision by ``MixerConfig.fingerprint`` (``config.REVISIONS``, ``revision_of``);
+every revision's arithmetic stays, so every file decodes. Revision 1 (``MixerConfig()``, described below)
+is the default for new files; revision 2 (``MixerConfig.revision2()``, ``compress(..., mixer_revision=2)``)
+adds to it: sparse contexts (bytes 3-4; bytes 1 and 3), column contexts (column and the byte above, with
+c1; the bytes above and above-right with the current word), a third APM on (c0, c1, c2) hashed to 2**16
+contexts (final weights 4/4/4/4), the bilevel-image model (three direct StateMaps over pixel windows of
+the rows above and the current row, per bit) and a layer-1 rate lr1 = 80.
+``benchmarks/bench_mixer_ablation.py`` measures each step. Measured and left out of revision 2 for their
+time (selectable): the indirect contexts (``indirect``: c1 with the 2 bytes that followed its last 2
+occurrences; c2 c1 with the byte that followed its last occurrence), the record cells
+above-left/above/above-right (``CTX_RECORD3``) and the bitmap's pixel-window weight sets (selector
+``"pixels"``).
+
+The model (revision 1)
+----------------------
 Byte contexts are computed once per byte step per stream from its own previous bytes (c4 = the last
 4 bytes, c8 = the 4 before them) and hashed (``tables.h2``, 32-bit, integer multiply/xor-shift); c0 is the
 partial byte with a leading 1 (1..255). All tables are shared by the B streams.
@@ -105,8 +123,9 @@ APMs 8.3 MiB, plus the history buffer (n bytes) and 8 KiB per stream: about 185 
 allocated lazily (zero pages), so small inputs touch little of it.
 """
 
-from .config import DEFAULT_CONTEXTS, MixerConfig, order_ctx
+from .config import DEFAULT_CONTEXTS, DEFAULT_REVISION, REVISIONS, MixerConfig, order_ctx, revision_of
 from .engine import ContextMixer, StepTrace
 from .tables import table_digest
 
-__all__ = ["ContextMixer", "DEFAULT_CONTEXTS", "MixerConfig", "StepTrace", "order_ctx", "table_digest"]
+__all__ = ["ContextMixer", "DEFAULT_CONTEXTS", "DEFAULT_REVISION", "MixerConfig", "REVISIONS", "StepTrace", "order_ctx",
+           "revision_of", "table_digest"]

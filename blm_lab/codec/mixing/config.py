@@ -1,5 +1,10 @@
-"""The mixer's configuration: everything that shapes its predictions, and so part of the file format
-(the container records ``MixerConfig().fingerprint()``, and a decoder refuses any other)."""
+"""The mixer's configuration: everything that shapes its predictions, and so part of the file format.
+
+The container records the first bytes of ``fingerprint()``; a decoder finds the revision that wrote a file
+by it (``REVISIONS``, ``revision_of``) and refuses any other. Revision 1 is ``MixerConfig()``, the
+arithmetic of blm_lab's first context mixer; revision 2 (``MixerConfig.revision2()``) adds sparse
+and column contexts, a third APM and a bilevel-image model. Fields added after revision 1 are hashed only when they
+differ from their default (the revision-1 behaviour), so revision 1's fingerprint never changes."""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from .tables import CTX_BYTES, CTX_RECORD, CTX_RECORD2, CTX_WORD, CTX_WORD2, table_digest
+from .tables import (CTX_BYTES, CTX_COLUMN, CTX_COLUMN_WORD, CTX_INDIRECT1, CTX_INDIRECT2, CTX_RECORD, CTX_RECORD2,
+                     CTX_RECORD3, CTX_WORD, CTX_WORD2, table_digest)
 
 def order_ctx(n: int, local: bool = False) -> tuple[int, int, int, int]:
     """The context spec of order n (n in 1..8): the last n bytes; ``local``: hashed with the stream id."""
@@ -21,6 +27,18 @@ DEFAULT_CONTEXTS = (
     order_ctx(3), order_ctx(4), order_ctx(5), order_ctx(6), (CTX_WORD, 0xFF, 0, 0), (CTX_WORD2, 0, 0, 0),
     order_ctx(2, True), (CTX_RECORD2, 0, 0, 1), (CTX_RECORD, 0xFF, 0, 0),
 )
+
+# revision 2: sparse contexts (bytes 3-4; bytes 1 and 3) and column contexts. The indirect and record-neighbour
+# contexts (and the "pixels" weight sets) are selectable but not in revision 2: measured, they paid too little
+# for their time (benchmarks/bench_mixer_ablation.py)
+SPARSE_CONTEXTS = ((CTX_BYTES, 0xFFFF0000, 0, 0), (CTX_BYTES, 0xFF00FF, 0, 0))
+INDIRECT_CONTEXTS = ((CTX_INDIRECT1, 0xFF, 0, 0), (CTX_INDIRECT2, 0xFFFF, 0, 0))
+COLUMN_CONTEXTS = ((CTX_COLUMN, 0xFF, 0, 0), (CTX_COLUMN_WORD, 0, 0, 0))
+RECORD_CONTEXTS = ((CTX_RECORD3, 0xFF, 0, 0),)  # the cells above-left, above, above-right and beside
+REVISION2_CONTEXTS = DEFAULT_CONTEXTS + SPARSE_CONTEXTS + COLUMN_CONTEXTS
+ADDED_FIELDS = {"apm_order2", "bitmap"}
+REVISION2 = dict(contexts=REVISION2_CONTEXTS, apm_order2=True, final_w=(4, 4, 4, 4), bitmap=True,
+                 lr1=80)
 
 
 @dataclass(frozen=True)
@@ -49,7 +67,10 @@ class MixerConfig:
     lin_shift: int = 4  # > 0: each bit-history model also gives (p - 1/2) >> lin_shift as a second input
     apm_rate: int = 6  # APM bins move 1/2**apm_rate of the way to the coded bit
     apm_shift: int = 8  # APM bins are 2**apm_shift stretch units apart: 8192 / 2**apm_shift + 1 bins
-    final_w: tuple = (6, 4, 6)  # final p = (w0 mixer + w1 apm(c0) + w2 apm(c0, c1)) / 16
+    final_w: tuple = (6, 4, 6)  # final p = (w0 mixer + w1 apm(c0) + w2 apm(c0, c1) [+ w3 apm(c0, c1, c2)]) / 16
+    # ---- added in revision 2 (hashed into the fingerprint only when not at these defaults)
+    apm_order2: bool = False  # a third APM on (c0, c1, c2), hashed to 2**16 contexts
+    bitmap: bool = False  # the bilevel-image model (``bitmap``): pixel windows around each bit
 
     @classmethod
     def fast(cls) -> "MixerConfig":
@@ -57,7 +78,31 @@ class MixerConfig:
         return cls(contexts=(order_ctx(3), order_ctx(4), order_ctx(6), (CTX_WORD, 0xFF, 0, 0), order_ctx(2, True),
                              (CTX_RECORD, 0xFF, 0, 0)), lin_shift=0, selectors=("c0", "match", "hits"))
 
+    @classmethod
+    def revision2(cls, **changes) -> "MixerConfig":
+        """Revision 2: revision 1's contexts plus sparse (skip) orders and column contexts (the byte above in
+        the previous line); a third APM on order 2; the bilevel-image model; a lower layer-1 rate."""
+        return cls(**{**REVISION2, **changes})
+
     def fingerprint(self) -> bytes:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        fields = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.name in ADDED_FIELDS and fields[f.name] == f.default:
+                del fields[f.name]  # revision 1 knew no such field: its fingerprint stays as it was
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob + table_digest().encode()).digest()[:4]
 
+
+
+REVISIONS = {1: MixerConfig(), 2: MixerConfig.revision2()}  # every mixer revision this blm_lab decodes
+DEFAULT_REVISION = 1  # what new files are written with
+
+
+def revision_of(fingerprint: bytes) -> int | None:
+    """The revision whose fingerprint begins with ``fingerprint`` (as the container records it), or None."""
+    if not fingerprint:
+        return None
+    for revision, cfg in REVISIONS.items():
+        if cfg.fingerprint()[:len(fingerprint)] == fingerprint:
+            return revision
+    return None

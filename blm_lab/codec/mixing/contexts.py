@@ -16,8 +16,8 @@ import numpy as np
 from numba import njit
 
 from .statemap import AP_TO_P, StateMap, new_statemap, sm_p, sm_update
-from .tables import (CTX_BYTES, CTX_RECORD, CTX_RECORD2, CTX_WORD, CTX_WORD2, HALF, NUM_STATES,
-                     STATE_INIT, h2)
+from .tables import (CTX_BYTES, CTX_COLUMN, CTX_COLUMN_WORD, CTX_INDIRECT1, CTX_INDIRECT2, CTX_RECORD, CTX_RECORD2,
+                     CTX_RECORD3, CTX_WORD, CTX_WORD2, HALF, NUM_STATES, STATE_INIT, h2)
 
 DIRECT_MODELS = 2  # bit-history models on direct tables (orders 1 and 2), before the hashed contexts
 ORDER2_BASE = 1 << 16  # the order-2 table follows the order-1 table (65536 states) in ``states``
@@ -26,6 +26,7 @@ BUCKET_BYTES = 16  # a checksum byte and the states of a nibble's 15 tree nodes
 MAP_SLOTS = 256  # each model's StateMap has a slot per state
 # hash salts: each kind of context hashes into its own family (``+ h``: and each context into its own)
 SALT_WORD, SALT_NO_WORD, SALT_WORD2, SALT_RECORD, SALT_RECORD2, SALT_RECORD3 = 0x100, 0x200, 0x300, 0x400, 0x500, 0x600
+SALT_INDIRECT1, SALT_INDIRECT2, SALT_COLUMN, SALT_COLUMN_WORD = 0x700, 0x800, 0x900, 0xA00
 SALT_LOCAL = 0x10000  # a local context is hashed again with SALT_LOCAL + stream
 
 
@@ -103,9 +104,9 @@ def find_bucket(states, base, h, nbmask):
 
 
 @njit(cache=True)
-def byte_contexts(H, R, b, c4, c8):
-    """At a byte boundary: stream b's hashed contexts (``R`` the record model, for the record contexts)
-    and their first nibble's buckets."""
+def byte_contexts(H, R, I, C, b, c4, c8):
+    """At a byte boundary: stream b's hashed contexts (``R`` the record model, ``I`` the indirect model and
+    ``C`` the column model, for their contexts) and their first nibble's buckets."""
     for h in range(H.spec.shape[0]):
         kind = H.spec[h, 0]
         m4 = H.spec[h, 1]
@@ -122,8 +123,16 @@ def byte_contexts(H, R, b, c4, c8):
             x = h2(h2(R.above[b] | (R.length[b] << 8), c4 & m4), SALT_RECORD + h)
         elif kind == CTX_RECORD2:
             x = h2(h2(R.above[b] | (R.above2[b] << 8) | (R.length[b] << 16), c4 & m4), SALT_RECORD2 + h)
-        else:  # CTX_RECORD3
+        elif kind == CTX_RECORD3:
             x = h2(h2(R.above[b] | (R.above_left[b] << 8) | (R.above_right[b] << 16), c4 & m4), SALT_RECORD3 + h)
+        elif kind == CTX_INDIRECT1:
+            x = h2(h2(c4 & m4, I.t1[c4 & 0xFF]), SALT_INDIRECT1 + h)
+        elif kind == CTX_INDIRECT2:
+            x = h2(h2(c4 & m4, I.t2[c4 & 0xFFFF] & 0xFF), SALT_INDIRECT2 + h)
+        elif kind == CTX_COLUMN:
+            x = h2(h2(C.column[b] | (C.above[b] << 8), c4 & m4), SALT_COLUMN + h)
+        else:  # CTX_COLUMN_WORD
+            x = h2(h2(C.above[b] | (C.above_right[b] << 8), H.word[b]), SALT_COLUMN_WORD + h)
         if H.spec[h, 3]:
             x = h2(x, SALT_LOCAL + b)
         H.ctx[b, h] = x

@@ -18,9 +18,9 @@ import numpy as np
 from numba import njit
 
 from ..coder import BatchDecoder, decode_binary_kernel, encode_binary_kernel, raise_binary_problem
-from . import apm, contexts, match, mixer, neural_input, record
+from . import apm, bitmap, column, contexts, indirect, match, mixer, neural_input, record
 from .config import MixerConfig
-from .tables import HALF, M32, PBITS, PONE, TABLES
+from .tables import CTX_COLUMN, CTX_COLUMN_WORD, CTX_INDIRECT1, CTX_INDIRECT2, HALF, M32, PBITS, PONE, TABLES
 
 
 class Streams(NamedTuple):
@@ -39,6 +39,7 @@ class Layout(NamedTuple):
 
     contexts: int
     match: int
+    bitmap: int
     neural: int
 
 
@@ -47,11 +48,16 @@ class MixerState(NamedTuple):
     contexts: contexts.BitHistories
     match: match.MatchModel
     record: record.RecordModel
+    indirect: indirect.IndirectModel
+    column: column.ColumnModel
+    bitmap: bitmap.BitmapModel
     neural: neural_input.NeuralInput
     mixer: mixer.Mixer
     apm: apm.APM
     layout: Layout
     has_neural: bool
+    has_indirect: bool  # a context reads the indirect model: it is kept up to date (else skipped)
+    has_column: bool  # ... the column model
 
 
 def _check(cfg: MixerConfig) -> None:
@@ -61,16 +67,16 @@ def _check(cfg: MixerConfig) -> None:
         raise ValueError("apm_shift must be in [6, 10]")
     if not 1 <= cfg.match_min <= 8:
         raise ValueError("match_min must be in [1, 8]")
-    if len(cfg.final_w) != 3 or sum(cfg.final_w) != 16:
-        raise ValueError("final_w must sum to 16")
+    if len(cfg.final_w) != 3 + int(cfg.apm_order2) or sum(cfg.final_w) != 16:
+        raise ValueError("final_w must have one weight per APM and the mixer's, and sum to 16")
 
 
 @njit(cache=True, inline="always")
 def predict_bit(k, active, M, T, share):
     """p1 of bit k for every active stream (HALF for the others), from the state before this bit."""
     # components bound once per bit, outside the stream loop (each access to a tuple of arrays counts references)
-    S, L, H, MM, NI, X, A = M.streams, M.layout, M.contexts, M.match, M.neural, M.mixer, M.apm
-    c0s, c4s, p1, x, neural = S.c0, S.c4, S.p1, X.x, M.has_neural
+    S, L, H, MM, NI, X, A, G = M.streams, M.layout, M.contexts, M.match, M.neural, M.mixer, M.apm, M.bitmap
+    c0s, c4s, p1, x, neural, bitmaps = S.c0, S.c4, S.p1, X.x, M.has_neural, G.maps.p.shape[0] > 0
     for b in range(c0s.shape[0]):
         if not active[b]:
             p1[b] = HALF
@@ -80,17 +86,18 @@ def predict_bit(k, active, M, T, share):
         c1 = c4 & 255
         hits = contexts.predict(H, T, k, b, c0, c4, x, L.contexts)
         mstate = match.predict(MM, T, k, b, c0, x, L.match)
+        pixels = bitmap.predict(G, M.record, T, k, b, c0, c1, x, L.bitmap) if bitmaps else 0
         nnb = neural_input.predict(NI, T, k, b, c0, x, L.neural) if neural else 0
-        mixer.select(X, b, k, c0, c1, mstate, hits, nnb)
+        mixer.select(X, b, k, c0, c1, mstate, hits, nnb, pixels)
         pm = mixer.predict(X, T, b, k, nnb, share)
-        p1[b] = apm.predict(A, T, b, pm, c0, c1)
+        p1[b] = apm.predict(A, T, b, pm, c0, c4)
 
 
 @njit(cache=True, inline="always")
 def update_bit(k, bits, active, M, T):
     """Every component of every active stream learns its bit, in stream order."""
-    H, MM, NI, X, A = M.contexts, M.match, M.neural, M.mixer, M.apm
-    c0s, neural = M.streams.c0, M.has_neural
+    H, MM, NI, X, A, G = M.contexts, M.match, M.neural, M.mixer, M.apm, M.bitmap
+    c0s, neural, bitmaps = M.streams.c0, M.has_neural, G.maps.p.shape[0] > 0
     for b in range(c0s.shape[0]):
         if not active[b]:
             continue
@@ -98,6 +105,8 @@ def update_bit(k, bits, active, M, T):
         c0 = c0s[b]
         contexts.update(H, T, b, y, c0)
         match.update(MM, T, b, y)
+        if bitmaps:
+            bitmap.update(G, T, b, y)
         if neural:
             neural_input.update(NI, T, b, y)
         mixer.update(X, T, b, y)
@@ -124,6 +133,8 @@ def end_byte(step, active, M):
         c = S.c0[b] - 256
         c4, c8, nb = S.c4[b], S.c8[b], S.nbytes[b]
         match.advance(M.match, b, c, base + b, c4, c8, nb)
+        if M.has_indirect:
+            indirect.end_byte(M.indirect, c, c4)
         c8 = ((c8 << 8) | (c4 >> 24)) & M32
         c4 = ((c4 << 8) | c) & M32
         S.c4[b] = c4
@@ -132,14 +143,16 @@ def end_byte(step, active, M):
         match.find(M.match, b, base + b, c4, c8, nb + 1, S.buf)
         contexts.end_byte(M.contexts, b, c)
         record.end_byte(M.record, b, c, step, S.buf)
+        if M.has_column:
+            column.end_byte(M.column, b, c, step, S.buf)
         S.c0[b] = 1
-        contexts.byte_contexts(M.contexts, M.record, b, c4, c8)
+        contexts.byte_contexts(M.contexts, M.record, M.indirect, M.column, b, c4, c8)
 
 
 @njit(cache=True)
 def _start(M):
     for b in range(M.streams.c0.shape[0]):
-        contexts.byte_contexts(M.contexts, M.record, b, 0, 0)
+        contexts.byte_contexts(M.contexts, M.record, M.indirect, M.column, b, 0, 0)
 
 
 class ContextMixer:
@@ -156,7 +169,7 @@ class ContextMixer:
         # the mixer's inputs: a bias, then each component's, as it declares them
         inputs = [0]
         layout = {}
-        for name, component in (("contexts", contexts), ("match", match), ("neural", neural_input)):
+        for name, component in (("contexts", contexts), ("match", match), ("bitmap", bitmap), ("neural", neural_input)):
             layout[name] = len(inputs)
             inputs += component.mixer_inputs(cfg, self.neural)
         self.N = len(inputs)
@@ -167,9 +180,12 @@ class ContextMixer:
                             c8=np.zeros(B, dtype=np.int64), nbytes=np.zeros(B, dtype=np.int64),
                             buf=np.zeros(B * 1024, dtype=np.uint8), p1=np.zeros(B, dtype=np.int64)),
             contexts=contexts.new_bit_histories(cfg, B), match=match.new_match_model(cfg, B),
-            record=record.new_record_model(B), neural=neural_input.new_neural_input(cfg, B),
+            record=record.new_record_model(B), indirect=indirect.new_indirect_model(),
+            column=column.new_column_model(B), bitmap=bitmap.new_bitmap_model(cfg, B), neural=neural_input.new_neural_input(cfg, B),
             mixer=mixer.new_mixer(cfg, B, inputs, selectors, neural_first=layout["neural"]),
-            apm=apm.new_apm(cfg, B), layout=Layout(**layout), has_neural=self.neural)
+            apm=apm.new_apm(cfg, B), layout=Layout(**layout), has_neural=self.neural,
+            has_indirect=any(c[0] in (CTX_INDIRECT1, CTX_INDIRECT2) for c in cfg.contexts),
+            has_column=any(c[0] in (CTX_COLUMN, CTX_COLUMN_WORD) for c in cfg.contexts))
         self.step = 0
         _start(self.state)
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .tables import (PBITS, PONE, ROUND24, WEIGHT_SHIFT, SEL_C0, SEL_C1, SEL_HITS, SEL_MATCH, SELECTORS, SMAX, WMAX, clamp,
+from .tables import (PBITS, PONE, ROUND24, WEIGHT_SHIFT, SEL_C0, SEL_C1, SEL_HITS, SEL_MATCH, SEL_NEURAL, SELECTORS, SMAX, WMAX, clamp,
                      squash)
 
 BIAS = 256  # input 0: a constant
@@ -71,8 +71,8 @@ def _train(w, x, n, e):
 
 
 @njit(cache=True, inline="always")
-def select(X, b, k, c0, c1, mstate, hits, nnb):
-    """The layer-1 weight sets of stream b for bit k."""
+def select(X, b, k, c0, c1, mstate, hits, nnb, pixels):
+    """The layer-1 weight sets of stream b for bit k (``pixels``: the bitmap model's 5-pixel window)."""
     for j in range(X.select_kind.shape[0]):
         kind = X.select_kind[j]
         if kind == SEL_C0:
@@ -83,8 +83,10 @@ def select(X, b, k, c0, c1, mstate, hits, nnb):
             v = c1
         elif kind == SEL_HITS:
             v = k * BUCKETS + clamp(hits, 0, BUCKETS - 1)
-        else:  # SEL_NEURAL
+        elif kind == SEL_NEURAL:
             v = k * BUCKETS + nnb
+        else:  # SEL_PIXELS
+            v = k * 32 + pixels
         X.selected[b, j] = X.select_base[j] + v
 
 

@@ -191,11 +191,15 @@ CTX_WORD2 = 2  # the current word's hash and the previous word's hash
 CTX_RECORD = 3  # record model: the byte one record length above, the record length, the mask4 bytes
 CTX_RECORD2 = 4  # the bytes one and two record lengths above, the record length, the mask4 bytes
 CTX_RECORD3 = 5  # the bytes above-left, above and above-right, the record length, the mask4 bytes
+CTX_INDIRECT1 = 6  # (revision 2) the mask4 bytes and the 2 bytes that followed the last 2 occurrences of c1
+CTX_INDIRECT2 = 7  # (revision 2) the mask4 bytes and the byte that followed the last occurrence of c2 c1
+CTX_COLUMN = 8  # (revision 2) the column (capped), the byte above it in the previous line, the mask4 bytes
+CTX_COLUMN_WORD = 9  # (revision 2) the byte above, the one above-right, and the current word
 
 # the contexts that select layer-1 weight sets: name -> (kind, rows)
-SEL_C0, SEL_MATCH, SEL_C1, SEL_HITS, SEL_NEURAL = range(5)
+SEL_C0, SEL_MATCH, SEL_C1, SEL_HITS, SEL_NEURAL, SEL_PIXELS = range(6)
 SELECTORS = {"c0": (SEL_C0, 256), "match": (SEL_MATCH, 65), "c1": (SEL_C1, 256), "hits": (SEL_HITS, 128),
-             "neural": (SEL_NEURAL, 128)}
+             "neural": (SEL_NEURAL, 128), "pixels": (SEL_PIXELS, 256)}  # pixels: revision 2's bitmap model
 
 
 class Tables(NamedTuple):
