@@ -239,7 +239,7 @@ def speed(args) -> int:
     import tempfile
 
     new = working_tree(args.threads)
-    model = args.model if Path(args.model).is_file() else None
+    model = str(Path(args.model).resolve()) if Path(args.model).is_file() else None  # the sides run elsewhere
     if args.against:
         modes = {"cm-1": Mode("cm, one stream", ("--segments", "1")), "cm": Mode("cm, default streams", ()),
                  "blm-28": Mode("blm, 28 streams", ("--segments", "28"), model)}

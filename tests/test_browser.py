@@ -158,7 +158,9 @@ def big_lab(tmp_path):
         yield served
 
 
-def test_entropy_explorer_in_jupyterlab(lab, tmp_path):
+@contextmanager
+def notebook_page(lab, tmp_path, timeout_ms: int):
+    """Chromium on the lab's entropy notebook: yields the page; on failure keeps a screenshot and the HTML."""
     from playwright.sync_api import sync_playwright
 
     base, token, root, home = lab
@@ -167,107 +169,97 @@ def test_entropy_explorer_in_jupyterlab(lab, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
                                     env={**os.environ, "HOME": str(home)})
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
+        page.set_default_timeout(timeout_ms)
         try:
             page.goto(url)
-            panel = page.locator(PANEL)
-            panel.locator(".jp-Cell").first.wait_for()
-            page.get_by_text("| Idle").first.wait_for()  # the kernel is up
-
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator("li[data-command='runmenu:run-all']").click()
-
-            slider = panel.locator(".widget-slider").first
-            slider.wait_for()
-            chart = panel.locator(".blm-bars").first
-            chart.wait_for()
-            page.get_by_text("| Idle").first.wait_for()
-            text = panel.inner_text()
-            assert "Traceback" not in text, "a cell raised an error"
-            assert "bits/byte" in text  # the analysis cell printed its summary
-            before = chart.inner_html()
-            assert "blm-bar" in before
-            readout = panel.locator(".widget-readout").first
-            position_before = readout.inner_text()
-
-            panel.locator(".noUi-handle").first.click()
-            for key in ("ArrowLeft", "ArrowLeft", "ArrowLeft"):
-                page.keyboard.press(key)
-            page.wait_for_function(
-                "([sel, old]) => { const bars = document.querySelector(sel); return bars && bars.innerHTML !== old; }",
-                arg=[f"{PANEL} .blm-bars", before])
-            page.get_by_text("| Idle").first.wait_for()  # every key press has been redrawn
-            assert panel.locator(".blm-bars").first.inner_html() != before
-            assert readout.inner_text() != position_before
-
-            shot = tmp_path / "entropy_explorer.png"
-            panel.locator(".widget-vbox").first.scroll_into_view_if_needed()
-            page.screenshot(path=str(shot), full_page=False)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(shot, ARTIFACTS / shot.name)
-            assert shot.stat().st_size > 10_000
+            yield page
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"))
             (tmp_path / "failure.html").write_text(page.content())
             raise
         finally:
             browser.close()
+
+
+def keep_screenshot(page, tmp_path, name: str) -> None:
+    """The page as a person sees it, in tmp_path and outputs/test-artifacts/."""
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=False)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(shot, ARTIFACTS / shot.name)
+    assert shot.stat().st_size > 10_000
+
+
+def test_entropy_explorer_in_jupyterlab(lab, tmp_path):
+    with notebook_page(lab, tmp_path, TIMEOUT_MS) as page:
+        panel = page.locator(PANEL)
+        panel.locator(".jp-Cell").first.wait_for()
+        page.get_by_text("| Idle").first.wait_for()  # the kernel is up
+
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator("li[data-command='runmenu:run-all']").click()
+
+        slider = panel.locator(".widget-slider").first
+        slider.wait_for()
+        chart = panel.locator(".blm-bars").first
+        chart.wait_for()
+        page.get_by_text("| Idle").first.wait_for()
+        text = panel.inner_text()
+        assert "Traceback" not in text, "a cell raised an error"
+        assert "bits/byte" in text  # the analysis cell printed its summary
+        before = chart.inner_html()
+        assert "blm-bar" in before
+        readout = panel.locator(".widget-readout").first
+        position_before = readout.inner_text()
+
+        panel.locator(".noUi-handle").first.click()
+        for key in ("ArrowLeft", "ArrowLeft", "ArrowLeft"):
+            page.keyboard.press(key)
+        page.wait_for_function(
+            "([sel, old]) => { const bars = document.querySelector(sel); return bars && bars.innerHTML !== old; }",
+            arg=[f"{PANEL} .blm-bars", before])
+        page.get_by_text("| Idle").first.wait_for()  # every key press has been redrawn
+        assert panel.locator(".blm-bars").first.inner_html() != before
+        assert readout.inner_text() != position_before
+
+        panel.locator(".widget-vbox").first.scroll_into_view_if_needed()
+        keep_screenshot(page, tmp_path, "entropy_explorer.png")
 
 
 def test_explorer_on_a_megabyte_with_hover_and_patches(big_lab, tmp_path):
     """Over 1 MB analysed: the slider spans it all, patch boundaries overlay the text, hovering a byte shows
     the model's top guesses; the screenshot (outputs/test-artifacts/explorer_1mb.png) shows both."""
-    from playwright.sync_api import sync_playwright
+    with notebook_page(big_lab, tmp_path, 5 * TIMEOUT_MS) as page:  # longer: the model reads 1.1 MB first
+        panel = page.locator(PANEL)
+        panel.locator(".jp-Cell").first.wait_for()
+        page.get_by_text("| Idle").first.wait_for()
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator("li[data-command='runmenu:run-all']").click()
+        explorer = panel.locator(".widget-vbox").last
+        explorer.locator(".widget-slider").first.wait_for()
+        page.get_by_text("| Idle").first.wait_for()
+        assert "Traceback" not in panel.inner_text(), "a cell raised an error"
+        assert f"{BIG_BYTES:,} bytes" in panel.inner_text()
 
-    base, token, root, home = big_lab
-    url = f"{base}/lab/workspaces/t{secrets.token_hex(4)}/tree/{NOTEBOOK}?reset&token={token}"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
-                                    env={**os.environ, "HOME": str(home)})
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(5 * TIMEOUT_MS)  # the model reads 1.1 MB first
-        try:
-            page.goto(url)
-            panel = page.locator(PANEL)
-            panel.locator(".jp-Cell").first.wait_for()
-            page.get_by_text("| Idle").first.wait_for()
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator("li[data-command='runmenu:run-all']").click()
-            explorer = panel.locator(".widget-vbox").last
-            explorer.locator(".widget-slider").first.wait_for()
-            page.get_by_text("| Idle").first.wait_for()
-            assert "Traceback" not in panel.inner_text(), "a cell raised an error"
-            assert f"{BIG_BYTES:,} bytes" in panel.inner_text()
+        explorer.get_by_text("patch boundaries").click()
+        patch = explorer.locator(".blm-surprisal span.blm-patch").first
+        patch.wait_for()
+        page.get_by_text("| Idle").first.wait_for()
+        explorer.locator(".widget-slider").nth(3).locator(".noUi-handle").click()  # θ: up 24 steps of 0.05 nats
+        for _ in range(24):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function("sel => /θ = 2\\.5/.test(document.querySelector(sel).innerText)",
+                               arg=f"{PANEL} .widget-vbox")
+        page.get_by_text("| Idle").first.wait_for()
+        marked = explorer.locator(".blm-surprisal span.blm-patch").count()
+        shown = explorer.locator(".blm-surprisal span[data-pos]").count()
+        assert 10 < marked < shown  # some bytes open a patch, not all
+        assert "patches (global rule" in explorer.inner_text()
+        assert f"of {BIG_BYTES}" in explorer.locator(".blm-surprisal").first.inner_text()
 
-            explorer.get_by_text("patch boundaries").click()
-            patch = explorer.locator(".blm-surprisal span.blm-patch").first
-            patch.wait_for()
-            page.get_by_text("| Idle").first.wait_for()
-            explorer.locator(".widget-slider").nth(3).locator(".noUi-handle").click()  # θ: up 24 steps of 0.05 nats
-            for _ in range(24):
-                page.keyboard.press("ArrowRight")
-            page.wait_for_function("sel => /θ = 2\\.5/.test(document.querySelector(sel).innerText)",
-                                   arg=f"{PANEL} .widget-vbox")
-            page.get_by_text("| Idle").first.wait_for()
-            marked = explorer.locator(".blm-surprisal span.blm-patch").count()
-            shown = explorer.locator(".blm-surprisal span[data-pos]").count()
-            assert 10 < marked < shown  # some bytes open a patch, not all
-            assert "patches (global rule" in explorer.inner_text()
-            assert f"of {BIG_BYTES}" in explorer.locator(".blm-surprisal").first.inner_text()
-
-            target = explorer.locator(".blm-surprisal br + span[data-pos]").nth(4)  # at a line's start: room on the right
-            target.scroll_into_view_if_needed()
-            target.hover()
-            hover = target.evaluate("el => getComputedStyle(el, '::after').content")
-            assert "top guesses:" in hover
-            shot = tmp_path / "explorer_1mb.png"
-            page.screenshot(path=str(shot), full_page=False)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(shot, ARTIFACTS / shot.name)
-            assert shot.stat().st_size > 10_000
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"))
-            (tmp_path / "failure.html").write_text(page.content())
-            raise
-        finally:
-            browser.close()
+        target = explorer.locator(".blm-surprisal br + span[data-pos]").nth(4)  # at a line's start: room on the right
+        target.scroll_into_view_if_needed()
+        target.hover()
+        hover = target.evaluate("el => getComputedStyle(el, '::after').content")
+        assert "top guesses:" in hover
+        keep_screenshot(page, tmp_path, "explorer_1mb.png")
