@@ -376,3 +376,15 @@ def test_kernels_are_integer_only():
         assert not bad, (py_func.__name__, bad)
         checked += count
     assert checked > 500
+
+
+def test_kept_tables_are_rebuilt_when_their_file_is_damaged():
+    from blm_lab.codec.mixing import tables
+
+    expected = tables._squash_table()
+    assert np.array_equal(tables._kept("squash", tables._squash_table), expected)  # kept or built
+    kept = next(Path(tables.__file__).with_name("__pycache__").glob("tables-squash-*.npz"))
+    kept.write_bytes(kept.read_bytes()[:100])  # truncated
+    assert np.array_equal(tables._kept("squash", tables._squash_table), expected)
+    with np.load(kept) as again:  # and written whole again
+        assert np.array_equal(again["table"], expected)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+import os
+import zipfile
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -138,8 +141,32 @@ def _stretch_table() -> np.ndarray:
     return out
 
 
-SQUASH = _squash_table()
-LOG2 = _log2_table()
+def _kept(name: str, build) -> np.ndarray:
+    """``build()``, computed once per installation: the decimal tables cost a quarter second at every
+    start-up, so the result is kept in ``__pycache__`` under this file's source hash (an edit rebuilds it)
+    and checked against the digest stored beside it; where nothing can be written, it is built each time."""
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    path = Path(__file__).with_name("__pycache__") / f"tables-{name}-{source}.npz"
+    try:
+        with np.load(path) as kept:
+            table, digest = kept["table"], str(kept["digest"])
+        if hashlib.sha256(table.tobytes()).hexdigest() == digest:
+            return table
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # absent or damaged: build it
+        pass
+    table = build()
+    try:
+        path.parent.mkdir(exist_ok=True)
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.npz")
+        np.savez(partial, table=table, digest=hashlib.sha256(table.tobytes()).hexdigest())
+        os.replace(partial, path)  # atomic: a concurrent reader sees the whole file or none
+    except OSError:
+        pass
+    return table
+
+
+SQUASH = _kept("squash", _squash_table)
+LOG2 = _kept("log2", _log2_table)
 STRETCH = _stretch_table()
 NEX, STATE_N0, STATE_N1, STATE_LAST = _state_table()
 NUM_STATES = NEX.shape[0]
