@@ -1,9 +1,10 @@
 """What a training run is: ``TrainConfig``, the named recipes, and the workbench's choice of recipe per device.
 
-``cpu``: 4 layers, 4 heads, 128 wide, block 128, batch 32, peak LR 2e-3 with cosine decay to 2e-4
-over a 10-minute time budget. Measured on the 2-core development machine on tiny-shakespeare
-(nanoGPT's split): 2.199 validation bits per byte after 10.04 minutes, 2080 steps, 14.6k tokens/s
-(benchmarks/bench_train.py; the curve is in the README).
+``cpu``: 4 layers, 4 heads, 128 wide, block 128, batch 32; ReLU^2, RMSNorm, QK-norm, tied head; Muon for
+the blocks' matrices (AdamW for the rest, peak LR 2e-3) with a warmup-stable-decay schedule, over a
+10-minute time budget. Measured on the 2-core development machine on tiny-shakespeare (nanoGPT's split):
+2.092 validation bits per byte after 10 minutes, where blm_lab 0.1's settings (``baseline``) reached
+2.199 (benchmarks/bench_train.py; the curve and the ablation are in the README).
 ``gpu``: nanoGPT's shakespeare size (6 layers, 6 heads, 384 wide, block 256) in bf16.
 
 ``baseline``: blm_lab 0.1's settings (the dataclasses' defaults: AdamW, cosine, GELU, LayerNorm), for comparisons.
