@@ -58,7 +58,7 @@ def test_notebooks_declare_the_documented_parameters():
                                "decay_fraction", "warmup_steps", "weight_decay", "batch_size", "max_steps",
                                "time_budget", "eval_interval", "nproc", "seed", "run_dir"},
         "03_entropy_visualization.ipynb": {"checkpoint", "text", "file", "max_bytes", "position", "device", "run_dir"},
-        "04_compression_ratios.ipynb": {"checkpoint", "files", "segments", "max_bytes", "device", "run_dir"},
+        "04_compression_ratios.ipynb": {"checkpoint", "files", "segments", "max_bytes", "device", "external", "run_dir"},
         "05_bits_and_patches.ipynb": {"checkpoint", "compare_checkpoint", "file", "max_bytes", "target_mean_length",
                                       "relative_threshold", "max_patch_length", "device", "run_dir"},
     }
