@@ -116,7 +116,7 @@ class Norm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, NORM_EPS)
 
 
-WINDOW_CHUNK = 32  # window_logits' default chunk, in block sizes: its history is recomputed once per chunk
+WINDOW_CHUNK = 16  # window_logits' default chunk, in block sizes: its history is recomputed once per chunk
 
 
 def banded_attention(q, k, v, window: int):
