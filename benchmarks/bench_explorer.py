@@ -9,7 +9,11 @@ Measures, on the first ``--bytes`` of ``--file`` (default: the Canterbury large 
   mark, so run this script alone) and the bytes the ByteAnalysis keeps;
 * the explorer's redraws on that analysis: a position change (coloured text window, info line,
   next-byte bars), a threshold change with patch boundaries on, and a vmax change; median and max
-  over ``--redraws`` random positions; and the load average, since the machine is shared.
+  over ``--redraws`` random positions; and the load average, since the machine is shared;
+* with ``--trace-bytes N``, what the per-byte trace costs: N bytes compressed by blm (the model and
+  mixing, 28 streams) and by context mixing alone, each with and without ``trace=True``, alternating
+  ``--trace-repeats`` times; median seconds of each and the ratio (target: at most 1.10), and the
+  files compared (they must be identical).
 
 The model is the ``cpu`` recipe's shape (``training.config.recipe("cpu")``) with the weights of
 ``--checkpoint`` when given, else random ones (the time and memory of a pass do not depend on the
@@ -64,6 +68,25 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
+def trace_cost(model, data: bytes, repeats: int) -> None:
+    """Compression time with and without the per-byte trace, alternating, for blm and cm alone."""
+    from blm_lab.codec.neural import compress_with_stats
+
+    for label, m, options in (("blm, 28 streams", model, {"segments": 28}), ("cm alone, 1 stream", None, {})):
+        seconds = {False: [], True: []}
+        blobs = set()
+        compress_with_stats(data[:4096], m, trace=True, **options)  # compiled kernels loaded before timing
+        for _ in range(repeats):
+            for trace in (False, True):
+                blob, stats = compress_with_stats(data, m, trace=trace, **options)
+                seconds[trace].append(stats.seconds)
+                blobs.add(blob)
+        off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
+        print(f"trace cost, {label}, {len(data):,} bytes: {off:.2f} s without, {on:.2f} s with "
+              f"(ratio {on / off:.3f}; runs {[round(x, 2) for x in seconds[False]]} / "
+              f"{[round(x, 2) for x in seconds[True]]}); files identical: {len(blobs) == 1}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bytes", type=int, default=1_000_000)
@@ -74,6 +97,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--redraws", type=int, default=20)
     parser.add_argument("--target", type=float, default=4.5, help="mean patch length the rules are solved for")
+    parser.add_argument("--trace-bytes", type=int, default=0, help="also time compression with and without the trace")
+    parser.add_argument("--trace-repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -89,6 +114,9 @@ def main() -> None:
     print(f"model: {'checkpoint ' + args.checkpoint if args.checkpoint else args.model + ' shape, random weights'} "
           f"({cfg.n_layer} layers, {cfg.n_embd} wide, block {cfg.block_size}, {model.num_params():,} parameters); "
           f"{len(data):,} bytes; {torch.get_num_threads()} threads")
+
+    if args.trace_bytes:
+        trace_cost(model, data[:args.trace_bytes], args.trace_repeats)
 
     before = peak_mib()
     analysis, t_analysis = timed(analyze_bytes, model, data)
