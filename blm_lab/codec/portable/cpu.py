@@ -264,6 +264,23 @@ def _qkv_row(hb, s_col, a, bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_h
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def _add_products(acc, n, coef, rows, count):
+    """acc[j] += sum_i coef[i] rows[i][j] for i < count, j < n; vectorized over j, four i at a time, then one
+    at a time. Exact only where every partial sum is an integer below 2**24 (R1): then the grouping cannot
+    change the result, and the callers' products are such."""
+    c4 = count - count % 4
+    for i in range(0, c4, 4):
+        a0, a1, a2, a3 = coef[i], coef[i + 1], coef[i + 2], coef[i + 3]
+        r0, r1, r2, r3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
+        for j in range(n):
+            acc[j] = acc[j] + ((a0 * F32(r0[j]) + a1 * F32(r1[j])) + (a2 * F32(r2[j]) + a3 * F32(r3[j])))
+    for i in range(c4, count):
+        ai, ri = coef[i], rows[i]
+        for j in range(n):
+            acc[j] = acc[j] + ai * F32(ri[j])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _attend_head(qr, kr, vr, skr, svr, fq, exp_attn, n_attn, u1c, u2c, u12, tiny, filled, l, o, y):
     """One (row, head) of ``_attention`` after the cache write, over the filled slots: the exact scores
     q . k (|.| <= Q^2 hs <= 2**24, R1), l = (score s_k) (s_q att_scale); w = EXP_A[min(rint(max l - l),
@@ -275,18 +292,7 @@ def _attend_head(qr, kr, vr, skr, svr, fq, exp_attn, n_attn, u1c, u2c, u12, tiny
     zero = F32(0.0)
     for t in range(filled):
         l[t] = zero
-    # l[t] = sum_d q[d] k[d, t], vectorized over t, four d at a time: every partial sum is an integer below
-    # 2**24, so the grouping does not change the result (R1)
-    hs4 = hs - hs % 4
-    for d in range(0, hs4, 4):
-        q0, q1, q2, q3 = qr[d], qr[d + 1], qr[d + 2], qr[d + 3]
-        k0, k1, k2, k3 = kr[d], kr[d + 1], kr[d + 2], kr[d + 3]
-        for t in range(filled):
-            l[t] = l[t] + ((q0 * F32(k0[t]) + q1 * F32(k1[t])) + (q2 * F32(k2[t]) + q3 * F32(k3[t])))
-    for d in range(hs4, hs):
-        qd, kd = qr[d], kr[d]
-        for t in range(filled):
-            l[t] = l[t] + qd * F32(kd[t])
+    _add_products(l, filled, qr, kr, hs)  # l[t] = sum_d q[d] k[d, t]: integers below 2**24 (R1)
     for t in range(filled):
         l[t] = l[t] * skr[t] * fq
     mx = _max(l[:filled], F32(-np.inf))
@@ -315,18 +321,7 @@ def _attend_head(qr, kr, vr, skr, svr, fq, exp_attn, n_attn, u1c, u2c, u12, tiny
         o[d] = zero
     for t in range(filled):
         l[t] = np.rint(l[t] * f2)  # uq: integers <= U2 + 1
-    # o = uq . V, vectorized over d, four slots at a time: every partial sum is an integer of magnitude at
-    # most Q_v sum uq <= 2**24, so the grouping does not change the result (R1)
-    f4 = filled - filled % 4
-    for t in range(0, f4, 4):
-        u0, u1, u2, u3 = l[t], l[t + 1], l[t + 2], l[t + 3]
-        v0, v1, v2, v3 = vr[t], vr[t + 1], vr[t + 2], vr[t + 3]
-        for d in range(hs):
-            o[d] = o[d] + ((u0 * F32(v0[d]) + u1 * F32(v1[d])) + (u2 * F32(v2[d]) + u3 * F32(v3[d])))
-    for t in range(f4, filled):
-        ut, vt = l[t], vr[t]
-        for d in range(hs):
-            o[d] = o[d] + ut * F32(vt[d])
+    _add_products(o, hs, l, vr, filled)  # o = uq . V: integers of magnitude at most Q_v sum uq <= 2**24 (R1)
     factor = (um * s1f) / (F32(wsum) * u12)
     for d in range(hs):
         y[d] = o[d] * factor  # one rounding
