@@ -501,6 +501,29 @@ def test_nan_activations_raise_instead_of_diverging(where, arch, reference):
         run_steps(pm, streams_from(TEXT, 1, 3), reference)
 
 
+THREADS_WORKER = r"""
+import sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import test_portable as T
+torch.set_num_threads(1)
+pm = T.P.PortableModel.from_float(T.tiny_model(seed=15))
+T.run_steps(pm, T.streams_from(T.TEXT, 4, 3))  # starts numba's threads in this process
+print("RESULT", torch.get_num_threads())
+"""
+
+
+def test_the_step_leaves_torch_thread_count_as_it_was():
+    """The attention's rows run on numba's threads; under numba's OpenMP layer these can be torch's own libgomp,
+    whose start sets the calling thread's count to numba's. In a fresh process (where numba's threads start),
+    a caller's torch.set_num_threads(1) still holds after the step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", THREADS_WORKER, str(Path(__file__).parent)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("RESULT")[-1].split() == ["1"]
+
+
 def test_reduced_precision_matmul_settings_are_overridden_and_restored():
     """A caller that enabled bf16/TF32 fp32 matmuls gets identical freqs, and its setting back."""
     pm = P.PortableModel.from_float(tiny_model(seed=14))

@@ -7,7 +7,8 @@ rotation, the attention weights), each a few microseconds of dispatch at 28 stre
 than the matmuls. Here each stretch of elementwise and per-row work between two of the Linear layers'
 matrix products is one kernel, so a layer is 4 kernels and 4 matmuls. The attention is one kernel, row
 by row: q, k, v into the cache, then per head the scores, the weights and P.V, then the output's
-quantization. Its cache keeps the quantized keys and values as int8 (int16 above 8 bits), so at many
+quantization; the rows are shared among numba's threads (as many as torch's, for its matmuls), each row
+computed whole by one thread, so the split cannot change a bit (R5). Its cache keeps the quantized keys and values as int8 (int16 above 8 bits), so at many
 streams, where reading the cache is the step's main cost, it moves a quarter of float32's bytes.
 The loops are written so that LLVM can vectorize them (the products run along the cache's contiguous
 dimension, the attention weights' integer sums are kept in int64), maxima keep four running values,
@@ -41,7 +42,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
+import numba
+from numba import njit, prange
 
 F32 = np.float32
 
@@ -212,7 +214,7 @@ def _qkv_row(hb, s_col, a, bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_h
         if qk_norm and is_qk:  # ``_qk_norm_``: rms_norm(x) g ~ (rint(x P / m) g) r
             m = _absmax(x, tiny)
             if not m < np.inf:
-                raise IndexError("non-finite activation in the portable step")
+                return 1  # non-finite: the caller raises
             pm = P_hs / m
             E = 0.0
             for d in range(hs):
@@ -261,6 +263,7 @@ def _qkv_row(hb, s_col, a, bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_h
             for d in range(hs):
                 vr[d] = x[d]
             svc[row0 + hd - 2 * nh, slot] = sc
+    return 0
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -302,7 +305,7 @@ def _attend_head(qr, kr, vr, skr, svr, fq, exp_attn, n_attn, u1c, u2c, u12, tiny
         bad += not d >= zero  # NaN (checked before the clamp, which would hide it)
         l[t] = min(d, n_attn)
     if bad:
-        raise IndexError("non-finite activation in the portable step")
+        return 1  # before any index: the caller raises
     wsum = 0
     for t in range(filled):
         w = exp_attn[np.int64(l[t])]
@@ -325,29 +328,38 @@ def _attend_head(qr, kr, vr, skr, svr, fq, exp_attn, n_attn, u1c, u2c, u12, tiny
     factor = (um * s1f) / (F32(wsum) * u12)
     for d in range(hs):
         y[d] = o[d] * factor  # one rounding
+    return 0
 
 
-@_kernel
+@njit(cache=True, error_model="numpy", nogil=True, parallel=True)
 def _attention(h, s_col, a, bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_hs, value_residual, v_mix, first_layer,
                v_first, cos, sin, q_qkv, tiny, kc, vc, skc, svc, slot, filled, att_scale, exp_attn, n_attn, u1c, u2c,
                u12, qmax, q, q_scale, l, o, yq, sy):
     """``TorchBackend._attention`` from the c_attn matmul output h (B, 3C) (changed in place) to the
     quantized attention output yq (B, C), sy (B,), ready for c_proj: per row, the q/k/v heads into the
     cache (``_qkv_row``), then each head's attention (``_attend_head``), then ``_quant_rows`` of the row.
-    Rows are independent (R5), so each row runs start to end before the next. q, q_scale, l, o: scratch."""
+    Rows are independent (R5), so each row runs start to end, and the rows are shared among numba's threads
+    (``numba.set_num_threads``): the bits do not depend on which thread ran a row. q (B, nh, hs), q_scale
+    (B, nh), l (B, T), o (B, hs): each row's scratch."""
     B = h.shape[0]
     nh = q_qkv.shape[0] // 3
     hs = h.shape[1] // (3 * nh)
-    for b in range(B):
+    bad = np.zeros(B, np.int64)  # a row that met a non-finite value stops there; the error comes after the loop
+    for b in prange(B):
         vf = v_first[b] if value_residual else v_first[0]
-        _qkv_row(h[b], s_col, a[b], bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_hs, value_residual, v_mix,
-                 first_layer, vf, cos, sin, q_qkv, tiny, kc, vc, skc, svc, b * nh, slot, q, q_scale)
+        qb, sb = q[b], q_scale[b]
+        bad[b] = _qkv_row(h[b], s_col, a[b], bias, true_units, qk_norm, g_qk, P_hs, invC_hs, K1r_hs, value_residual,
+                          v_mix, first_layer, vf, cos, sin, q_qkv, tiny, kc, vc, skc, svc, b * nh, slot, qb, sb)
         yb = yq[b]
         for hd in range(nh):
-            r = b * nh + hd
-            _attend_head(q[hd], kc[r], vc[r], skc[r], svc[r], q_scale[hd] * att_scale, exp_attn, n_attn, u1c, u2c,
-                         u12, tiny, filled, l, o, yb[hd * hs:(hd + 1) * hs])
-    _quant_rows(yq, qmax, tiny, yq, sy)
+            if bad[b] == 0:
+                r = b * nh + hd
+                bad[b] = _attend_head(qb[hd], kc[r], vc[r], skc[r], svc[r], sb[hd] * att_scale, exp_attn, n_attn, u1c,
+                                      u2c, u12, tiny, filled, l[b], o[b], yb[hd * hs:(hd + 1) * hs])
+        if bad[b] == 0:
+            _quant_rows(yq[b:b + 1], qmax, tiny, yq[b:b + 1], sy[b:b + 1])
+    if bad.any():
+        raise IndexError("non-finite activation in the portable step")
 
 
 @_kernel
@@ -451,8 +463,9 @@ class CpuCache:
             arr = np.zeros(shape, np.float32)
             setattr(self, name, arr)
             setattr(self, name + "_t", torch.from_numpy(arr))
-        self.q, self.q_scale = np.zeros((nh, hs), np.float32), np.zeros(nh, np.float32)  # one row's queries
-        self.l, self.o = np.zeros(T, np.float32), np.zeros(hs, np.float32)  # one head's weights and P.V
+        # each row's scratch in the attention: its queries and their scales, one head's weights and P.V
+        self.q, self.q_scale = np.zeros((B, nh, hs), np.float32), np.zeros((B, nh), np.float32)
+        self.l, self.o = np.zeros((B, T), np.float32), np.zeros((B, hs), np.float32)
         self.ind = np.zeros((B, V), np.int64)
         self.v_first = np.zeros((B, nh, hs), np.float32)  # the first layer's values (value residuals)
 
@@ -462,6 +475,16 @@ class CpuCache:
         f32 = lambda arrays, f: [f(x).astype(np.float32) for x in arrays]
         return {"k": f32(self.k, lambda x: x), "v": f32(self.v, lambda x: x),
                 "sk": f32(self.sk, lambda x: x[:, None]), "sv": f32(self.sv, lambda x: x[:, None])}
+
+
+def _numba_threads(n: int) -> None:
+    """numba's thread count for this thread's parallel kernels, torch's left as it was. Under numba's OpenMP
+    layer both can be one libgomp's count (torch's wheel ships libgomp.so.1): starting numba's threads, or
+    setting their number, would change torch's too."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(n)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _mm(xq_t, weight, dtype, out_t):
@@ -511,7 +534,10 @@ class CpuBackend:
         return CpuCache(self.pm, batch_size, int(self.q_qkv[0]), int(self.q_qkv[-1]))
 
     def step_indices(self, idx: torch.Tensor, cache: CpuCache) -> torch.Tensor:
-        """The (B, 256) int64 exp-table indices after feeding idx (B,) (a new tensor)."""
+        """The (B, 256) int64 exp-table indices after feeding idx (B,) (a new tensor). The attention's rows run
+        on as many of numba's threads as torch has (the matmuls' threads)."""
+        threads = torch.get_num_threads()
+        _numba_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         pm, rt, w = self.pm, self.rt, cache
         dt = pm.matmul_dtypes
         pos = cache.pos
