@@ -235,7 +235,7 @@ def parse_size(text: str) -> int:
 
 def speed(args) -> int:
     """--against REV and --scaling: the CLI timed in subprocesses (benchmarks/side_by_side.py)."""
-    from side_by_side import Mode, checkout, compare_sides, time_per_byte, working_tree
+    from side_by_side import Mode, checkout, compare_sides, scaling_corpus, time_per_byte, working_tree
     import tempfile
 
     new = working_tree(args.threads)
@@ -266,11 +266,10 @@ def speed(args) -> int:
             compare_sides(old, new, [modes[m] for m in chosen], files, args.repeats, emit)
     if args.scaling:
         sizes = sorted(parse_size(s) for s in args.scaling.split(",") if s.strip())
-        corpus = b"".join([*((CANTERBURY / n).read_bytes() for n in CANTERBURY_TEXT + CANTERBURY_BINARY),
-                           DEFAULT_DATA.read_bytes()])
+        corpus, what = scaling_corpus()
         mode = Mode(f"cm, {args.scaling_segments} streams", ("--segments", str(args.scaling_segments)))
-        print(f"\n== scaling: {new.label}, {mode.label}, {', '.join(f'{n:,}' for n in sizes)} bytes of the "
-              f"Canterbury files and tiny-shakespeare ({len(corpus):,} bytes, repeated beyond) ==", flush=True)
+        print(f"\n== scaling: {new.label}, {mode.label}, {', '.join(f'{n:,}' for n in sizes)} bytes of "
+              f"{what} ==", flush=True)
         time_per_byte(new, mode, sizes, corpus, emit)
     return 0
 

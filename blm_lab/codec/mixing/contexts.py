@@ -17,7 +17,7 @@ from numba import njit
 
 from .statemap import AP_TO_P, StateMap, new_statemap, sm_p, sm_update
 from .tables import (CTX_BYTES, CTX_COLUMN, CTX_COLUMN_WORD, CTX_INDIRECT1, CTX_INDIRECT2, CTX_RECORD, CTX_RECORD2,
-                     CTX_RECORD3, CTX_WORD, CTX_WORD2, HALF, NUM_STATES, STATE_INIT, h2)
+                     CTX_RECORD3, CTX_WORD, CTX_WORD2, HALF, NUM_STATES, STATE_INIT, h2, zeroed)
 
 DIRECT_MODELS = 2  # bit-history models on direct tables (orders 1 and 2), before the hashed contexts
 ORDER2_BASE = 1 << 16  # the order-2 table follows the order-1 table (65536 states) in ``states``
@@ -63,7 +63,7 @@ def new_bit_histories(cfg, num_streams: int) -> BitHistories:
         maps[m * MAP_SLOTS: m * MAP_SLOTS + NUM_STATES] = STATE_INIT
     B = num_streams
     return BitHistories(
-        states=np.zeros(DIRECT_STATES + nh * nb * BUCKET_BYTES, dtype=np.uint8),
+        states=zeroed(DIRECT_STATES + nh * nb * BUCKET_BYTES, np.uint8),
         spec=np.array([list(c) for c in cfg.contexts], dtype=np.int64).reshape(nh, 4),
         base=np.array([DIRECT_STATES + h * nb * BUCKET_BYTES for h in range(nh)], dtype=np.int64),
         nbmask=nb - 1, lin_shift=int(cfg.lin_shift),

@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 from .statemap import AP_TO_P, StateMap, new_statemap, sm_p, sm_update
-from .tables import HALF, h2
+from .tables import HALF, h2, zeroed
 
 MAP_SLOTS = 64  # per match model: 32 length buckets x expected bit
 LOCAL_SALT = 0x777  # the local match model hashes its context with LOCAL_SALT + stream
@@ -43,7 +43,7 @@ def mixer_inputs(cfg, neural: bool) -> list[int]:
 def new_match_model(cfg, num_streams: int) -> MatchModel:
     nmm = 2 if cfg.match_local else 1
     B = num_streams
-    return MatchModel(table=np.zeros((nmm, 1 << cfg.match_bits), dtype=np.int64), mask=(1 << cfg.match_bits) - 1,
+    return MatchModel(table=zeroed((nmm, 1 << cfg.match_bits), np.int64), mask=(1 << cfg.match_bits) - 1,
                       min_len=int(cfg.match_min), max_len=int(cfg.match_max),
                       ptr=np.zeros((B, nmm), dtype=np.int64), length=np.zeros((B, nmm), dtype=np.int64),
                       byte=np.full((B, nmm), -1, dtype=np.int64), slot=np.full((B, nmm), -1, dtype=np.int64),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+import mmap
 import os
 import zipfile
 from pathlib import Path
@@ -17,6 +18,18 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+
+def zeroed(shape, dtype) -> np.ndarray:
+    """A zero-filled array for a table that is touched sparsely (the hashed bit histories, the match model's
+    index), in 4 KB pages that the OS zeroes on first touch. numpy asks for 2 MB pages above 4 MB, which the
+    kernel zeroes whole on first touch: 100 KB of input touches a few bytes of most of the 168 MB of bit
+    histories, and zeroing 2 MB pages for them took 0.3 s (cm alone, 1 stream: 100 KB in 0.88 s, now 0.56 s;
+    1 MB 9% faster; 10 MB the same). Private, so that a forked process does not share it."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if n == 0 or not hasattr(mmap, "MAP_PRIVATE"):  # (Windows: numpy's own)
+        return np.zeros(shape, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE), dtype=dtype).reshape(shape)
+
 
 PBITS = 16  # the coded probability p1 is an integer in [1, 2**16 - 1] out of 2**16
 PONE = 1 << PBITS
@@ -141,12 +154,16 @@ def _stretch_table() -> np.ndarray:
     return out
 
 
+def _kept_path(name: str) -> Path:
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return Path(__file__).with_name("__pycache__") / f"tables-{name}-{source}.npz"
+
+
 def _kept(name: str, build) -> np.ndarray:
     """``build()``, computed once per installation: the decimal tables cost a quarter second at every
     start-up, so the result is kept in ``__pycache__`` under this file's source hash (an edit rebuilds it)
     and checked against the digest stored beside it; where nothing can be written, it is built each time."""
-    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    path = Path(__file__).with_name("__pycache__") / f"tables-{name}-{source}.npz"
+    path = _kept_path(name)
     try:
         with np.load(path) as kept:
             table, digest = kept["table"], str(kept["digest"])
